@@ -1,0 +1,426 @@
+//! The `idguard` command line: the server, and client commands for shell users and scripts.
+//!
+//! Exit codes, so scripts can act on the outcome: 0 success (card valid); 1 card invalid;
+//! 2 bad input (a usage error or `INVALID_ARGUMENT`); 3 server unreachable or unavailable;
+//! 4 no record (`NOT_FOUND`); 5 `report_id` already used for other content (`ALREADY_EXISTS`);
+//! 6 any other server error.
+
+use clap::{Args, Parser, Subcommand};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::card::CHINA_STANDARD_TIME;
+use crate::config::ServeConfig;
+use crate::proto::v1::registry_client::RegistryClient;
+use crate::proto::v1::verification_client::VerificationClient;
+use crate::proto::{self, v1 as pb};
+use crate::server::ServeError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "idguard",
+    version,
+    about = "National registry of invalid resident identity cards"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service on an embedded RocksDB data dir.
+    Serve(ServeConfig),
+    /// Ask whether a card may be accepted (exit 0 valid, 1 invalid).
+    Check {
+        #[command(flatten)]
+        card: CardArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Send a registry event (one subcommand per kind).
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Show every card known for a number and every event that touched it.
+    Record {
+        /// 18-character citizen number.
+        number: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The idguard server to ask.
+    #[arg(long, env = "IDGUARD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CardArgs {
+    /// 18-character citizen number (or 15 digits for a first-generation card, checks only).
+    pub number: String,
+    /// The card's validity start, YYYYMMDD.
+    #[arg(long)]
+    pub issued: String,
+    /// The card's validity end: YYYYMMDD or LONG; omit when unknown.
+    #[arg(long, default_value = "")]
+    pub expires: String,
+}
+
+impl CardArgs {
+    fn wire(&self) -> pb::CardRef {
+        pb::CardRef {
+            id_number: self.number.clone(),
+            issue_date: self.issued.clone(),
+            expiry_date: self.expires.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// Your idempotency key for this event: retrying with the same key is harmless.
+    #[arg(long)]
+    pub report_id: String,
+    /// Your organ's code: 6-digit division code, optionally followed by a unit suffix.
+    #[arg(long)]
+    pub authority: String,
+    /// When it happened, RFC 3339 (e.g. 2026-11-22T09:30:00+08:00); default now.
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub occurred_at: Option<OffsetDateTime>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|error| format!("not RFC 3339: {error}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// The holder reported the card lost.
+    Lost {
+        #[command(flatten)]
+        card: CardArgs,
+        #[command(flatten)]
+        event: EventArgs,
+    },
+    /// The holder reported the card stolen.
+    Stolen {
+        #[command(flatten)]
+        card: CardArgs,
+        #[command(flatten)]
+        event: EventArgs,
+    },
+    /// A new card was issued: every earlier card of the number is superseded.
+    Issued {
+        #[command(flatten)]
+        card: CardArgs,
+        #[command(flatten)]
+        event: EventArgs,
+    },
+    /// The issuer revoked the card.
+    Revoked {
+        #[command(flatten)]
+        card: CardArgs,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        event: EventArgs,
+    },
+    /// The citizen's registration was cancelled: every card of the number is invalid.
+    Cancelled {
+        /// 18-character citizen number.
+        number: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        event: EventArgs,
+    },
+    /// An earlier event was made in error: undo its effect.
+    Withdrawn {
+        /// The report_id of the event to withdraw.
+        withdrawn_report_id: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        event: EventArgs,
+    },
+}
+
+impl ReportCommand {
+    fn into_wire(self) -> (pb::RegistryEvent, String) {
+        use pb::registry_event::Kind;
+        let reported = |card: &CardArgs, kind: pb::LossKind| {
+            Kind::Reported(pb::CardReported {
+                card: Some(card.wire()),
+                kind: kind.into(),
+            })
+        };
+        let (kind, event) = match self {
+            Self::Lost { card, event } => (reported(&card, pb::LossKind::Lost), event),
+            Self::Stolen { card, event } => (reported(&card, pb::LossKind::Stolen), event),
+            Self::Issued { card, event } => (
+                Kind::Issued(pb::CardIssued {
+                    card: Some(card.wire()),
+                }),
+                event,
+            ),
+            Self::Revoked { card, note, event } => (
+                Kind::Revoked(pb::CardRevoked {
+                    card: Some(card.wire()),
+                    note,
+                }),
+                event,
+            ),
+            Self::Cancelled {
+                number,
+                note,
+                event,
+            } => (
+                Kind::Cancelled(pb::CitizenCancelled {
+                    id_number: number,
+                    note,
+                }),
+                event,
+            ),
+            Self::Withdrawn {
+                withdrawn_report_id,
+                note,
+                event,
+            } => (
+                Kind::Withdrawn(pb::ReportWithdrawn {
+                    withdrawn_report_id,
+                    note,
+                }),
+                event,
+            ),
+        };
+        let occurred_at = event.occurred_at.unwrap_or_else(OffsetDateTime::now_utc);
+        let wire = pb::RegistryEvent {
+            report_id: event.report_id,
+            authority: event.authority,
+            occurred_at: Some(proto::timestamp(occurred_at)),
+            kind: Some(kind),
+        };
+        (wire, event.server.server)
+    }
+}
+
+/// Why a command failed, and the exit code that tells a script.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach {server}: {source}")]
+    Connect {
+        server: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{}: {}", status_name(.0.code()), .0.message())]
+    Rpc(tonic::Status),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+fn status_name(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "invalid input",
+        Code::NotFound => "no record",
+        Code::AlreadyExists => "conflict",
+        Code::Unavailable => "server unavailable",
+        Code::DeadlineExceeded => "timed out",
+        _ => "server error",
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Connect { .. } => 3,
+            Self::Rpc(status) => match status.code() {
+                Code::InvalidArgument | Code::OutOfRange => 2,
+                Code::Unavailable | Code::DeadlineExceeded => 3,
+                Code::NotFound => 4,
+                Code::AlreadyExists => 5,
+                _ => 6,
+            },
+            Self::Serve(_) => 6,
+        }
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Rpc(status)
+    }
+}
+
+async fn connect(server: &str) -> Result<Channel, CliError> {
+    let connect_error = |source| CliError::Connect {
+        server: server.to_owned(),
+        source,
+    };
+    Channel::from_shared(server.to_owned())
+        .map_err(|error| {
+            CliError::Rpc(tonic::Status::invalid_argument(format!(
+                "--server: {error}"
+            )))
+        })?
+        .connect()
+        .await
+        .map_err(connect_error)
+}
+
+/// Runs a command; `Ok` carries the exit code of a command that ran (1: the card is invalid).
+pub async fn run(command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Serve(config) => {
+            crate::server::run(config).await?;
+            Ok(0)
+        }
+        Command::Check { card, server } => {
+            let mut client = VerificationClient::new(connect(&server.server).await?);
+            let response = client
+                .check(pb::CheckRequest {
+                    card: Some(card.wire()),
+                })
+                .await?
+                .into_inner();
+            println!("{}", describe_verdict(&response));
+            Ok(if response.status() == pb::CardStatus::Valid {
+                0
+            } else {
+                1
+            })
+        }
+        Command::Report(report) => {
+            let (event, server) = report.into_wire();
+            let mut client = RegistryClient::new(connect(&server).await?);
+            let applied = client.apply(event).await?.into_inner();
+            if applied.duplicate {
+                println!(
+                    "report {} was already accepted as sequence {}; nothing changed",
+                    applied.report_id, applied.sequence
+                );
+            } else {
+                println!(
+                    "report {} accepted as sequence {}",
+                    applied.report_id, applied.sequence
+                );
+            }
+            Ok(0)
+        }
+        Command::Record { number, server } => {
+            let mut client = RegistryClient::new(connect(&server.server).await?);
+            let record = client
+                .get_record(pb::GetRecordRequest { id_number: number })
+                .await?
+                .into_inner();
+            print!("{}", describe_record(&record));
+            Ok(0)
+        }
+    }
+}
+
+fn china_time(at: Option<&prost_types::Timestamp>) -> String {
+    at.and_then(proto::instant)
+        .and_then(|at| at.to_offset(CHINA_STANDARD_TIME).format(&Rfc3339).ok())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn reason_name(reason: pb::Reason) -> &'static str {
+    match reason {
+        pb::Reason::Unspecified => "unspecified",
+        pb::Reason::Lost => "lost",
+        pb::Reason::Stolen => "stolen",
+        pb::Reason::Superseded => "superseded",
+        pb::Reason::Revoked => "revoked",
+        pb::Reason::CitizenCancelled => "citizen cancelled",
+        pb::Reason::Expired => "expired",
+        pb::Reason::FirstGeneration => "first generation",
+    }
+}
+
+/// One line per verdict: `VALID ...` or `INVALID <reason> since <time>: <detail>`.
+fn describe_verdict(response: &pb::CheckResponse) -> String {
+    match response.status() {
+        pb::CardStatus::Invalid => format!(
+            "INVALID  {} since {}: {}  (registry sequence {})",
+            reason_name(response.reason()),
+            china_time(response.invalid_since.as_ref()),
+            response.detail,
+            response.sequence
+        ),
+        pb::CardStatus::Valid => format!(
+            "VALID    {}  (registry sequence {})",
+            response.detail, response.sequence
+        ),
+        status => format!("{}  {}", status.as_str_name(), response.detail),
+    }
+}
+
+fn describe_event(event: &pb::RegistryEvent) -> String {
+    use pb::registry_event::Kind;
+    let card = |card: &Option<pb::CardRef>| {
+        card.as_ref().map_or_else(String::new, |card| {
+            format!("card issued {}", card.issue_date)
+        })
+    };
+    match &event.kind {
+        Some(Kind::Reported(reported)) => format!(
+            "reported {} ({})",
+            match reported.kind() {
+                pb::LossKind::Stolen => "stolen",
+                _ => "lost",
+            },
+            card(&reported.card)
+        ),
+        Some(Kind::Issued(issued)) => format!("issued ({})", card(&issued.card)),
+        Some(Kind::Revoked(revoked)) => {
+            format!("revoked ({}) {}", card(&revoked.card), revoked.note)
+        }
+        Some(Kind::Cancelled(cancelled)) => format!("citizen cancelled {}", cancelled.note),
+        Some(Kind::Withdrawn(withdrawn)) => format!(
+            "withdrew report {} {}",
+            withdrawn.withdrawn_report_id, withdrawn.note
+        ),
+        None => "unknown event".to_owned(),
+    }
+}
+
+fn describe_record(record: &pb::CitizenRecord) -> String {
+    let mut text = format!(
+        "{}  (registry sequence {})\ncards:\n",
+        record.id_number, record.sequence
+    );
+    for card in &record.cards {
+        let (issued, expires) = card.card.as_ref().map_or(("-", "-"), |card| {
+            (card.issue_date.as_str(), card.expiry_date.as_str())
+        });
+        let verdict = card
+            .verdict
+            .as_ref()
+            .map_or_else(String::new, describe_verdict);
+        text += &format!(
+            "  issued {issued}  expires {:<8}  {verdict}\n",
+            if expires.is_empty() { "?" } else { expires }
+        );
+    }
+    text += "events:\n";
+    for change in &record.events {
+        if let Some(event) = &change.event {
+            text += &format!(
+                "  #{:<6} {}  {}  report {} by {}\n",
+                change.sequence,
+                china_time(event.occurred_at.as_ref()),
+                describe_event(event).trim_end(),
+                event.report_id,
+                event.authority
+            );
+        }
+    }
+    text
+}

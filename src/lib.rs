@@ -1,0 +1,19 @@
+//! idguard: the national registry of invalid resident identity cards, answering "may this card be
+//! accepted?" over gRPC.
+//!
+//! The flow reads top to bottom: [`card`] and [`event`] validate what arrives; [`registry`] folds
+//! events into per-number state and judges cards, with no I/O; [`store`] persists that state in
+//! RocksDB; [`index`] caches which numbers have any; [`check`] answers checks from both;
+//! [`service`] translates gRPC; [`server`] wires it together and [`cli`] is the command line.
+
+pub mod card;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod index;
+pub mod proto;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod store;

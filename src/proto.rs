@@ -1,0 +1,46 @@
+//! The generated wire types and the conversions between wire and domain forms of time.
+
+use time::OffsetDateTime;
+
+/// `idguard.v1`, the public API (`proto/idguard/v1/idguard.proto`).
+pub mod v1 {
+    tonic::include_proto!("idguard.v1");
+}
+
+/// The wire form of an instant.
+pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+    let nanos = at.unix_timestamp_nanos();
+    prost_types::Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000) as i64,
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+/// The domain form of a wire instant; `None` when it is out of range or not normalised.
+pub fn instant(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
+    if !(0..1_000_000_000).contains(&at.nanos) {
+        return None;
+    }
+    let nanos = i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_round_trip_including_before_1970() {
+        for at in [
+            time::macros::datetime!(1969-12-31 23:59:59.5 UTC),
+            time::macros::datetime!(2026-11-22 04:08:42.123456789 UTC),
+        ] {
+            assert_eq!(instant(&timestamp(at)), Some(at));
+        }
+        let bad = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(instant(&bad), None);
+    }
+}

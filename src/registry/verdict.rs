@@ -1,0 +1,269 @@
+//! A card's verdict: a pure function of the card as presented, the state of its number and
+//! today's date (`DOMAIN.md` §3; verdict order from the API contract).
+
+use std::fmt;
+
+use time::{Date, OffsetDateTime};
+
+use crate::card::{Card, Expiry, FIRST_GENERATION_END, PresentedCard, start_of_day};
+use crate::registry::state::{CardFact, CitizenState, Fact};
+
+/// Why a card is invalid. The declaration order is the order of precedence: when several apply,
+/// the first one wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    FirstGeneration,
+    CitizenCancelled,
+    Revoked,
+    Stolen,
+    Lost,
+    Superseded,
+    Expired,
+}
+
+/// Whether a card may be accepted, and if not, why and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid {
+        reason: Reason,
+        /// When the winning invalidation took effect: its event's `occurred_at` (the earliest,
+        /// when several events say the same), or for expiry 00:00 UTC+8 of the next day.
+        since: OffsetDateTime,
+    },
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self::Invalid { reason, .. } = self else {
+            return f.write_str("no record invalidates this card");
+        };
+        f.write_str(match reason {
+            Reason::FirstGeneration => "first-generation card: invalid nationwide since 2013-01-01",
+            Reason::CitizenCancelled => "the citizen's registered permanent residence is cancelled",
+            Reason::Revoked => "the card was revoked by its issuer",
+            Reason::Stolen => "the card was reported stolen",
+            Reason::Lost => "the card was reported lost",
+            Reason::Superseded => "a newer card was issued on this number",
+            Reason::Expired => "the card's validity period has ended",
+        })
+    }
+}
+
+/// The verdict on `card`, given the state of its number (`None`: no event ever touched it) on
+/// `today` (UTC+8). First match wins: first generation; citizen cancelled; revoked; stolen; lost;
+/// superseded; expired (from the card as presented or from the registry's record of it).
+pub fn verdict(card: &PresentedCard, state: Option<&CitizenState>, today: Date) -> Verdict {
+    match card {
+        PresentedCard::FirstGeneration => Verdict::Invalid {
+            reason: Reason::FirstGeneration,
+            since: start_of_day(FIRST_GENERATION_END),
+        },
+        PresentedCard::Current(card) => current_card_verdict(card, state, today),
+    }
+}
+
+fn current_card_verdict(card: &Card, state: Option<&CitizenState>, today: Date) -> Verdict {
+    let mut winner: Option<(Reason, OffsetDateTime)> = None;
+    let mut consider = |reason: Reason, since: OffsetDateTime| {
+        if winner.is_none_or(|best| (reason, since) < best) {
+            winner = Some((reason, since));
+        }
+    };
+    let mut expiry = card.expiry;
+    let entries = state.map(CitizenState::entries).unwrap_or_default();
+    for entry in entries.iter().filter(|entry| entry.in_force()) {
+        let since = entry.occurred_at;
+        match entry.fact {
+            Fact::Cancelled => consider(Reason::CitizenCancelled, since),
+            Fact::Card {
+                fact,
+                issued,
+                expiry: stated,
+            } if issued == card.issued => {
+                expiry = expiry.stricter(stated);
+                match fact {
+                    CardFact::Revoked => consider(Reason::Revoked, since),
+                    CardFact::Stolen => consider(Reason::Stolen, since),
+                    CardFact::Lost => consider(Reason::Lost, since),
+                    CardFact::Issued => {}
+                }
+            }
+            Fact::Card {
+                fact: CardFact::Issued,
+                issued,
+                ..
+            } if issued > card.issued => consider(Reason::Superseded, since),
+            Fact::Card { .. } | Fact::Withdrawal { .. } => {}
+        }
+    }
+    if let Expiry::On(end) = expiry
+        && end < today
+    {
+        // Valid through its last day; `end < today` guarantees a next day exists.
+        let next = end.next_day().unwrap_or(end);
+        consider(Reason::Expired, start_of_day(next));
+    }
+    match winner {
+        None => Verdict::Valid,
+        Some((reason, since)) => Verdict::Invalid { reason, since },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::CitizenNumber;
+    use crate::registry::state::Entry;
+    use time::macros::{date, datetime};
+
+    const TODAY: Date = date!(2026 - 11 - 22);
+    const ISSUED: Date = date!(2020 - 01 - 01);
+
+    fn card(expiry: Expiry) -> PresentedCard {
+        PresentedCard::Current(Card {
+            number: CitizenNumber::from_packed(11010519491231002).unwrap(),
+            issued: ISSUED,
+            expiry,
+        })
+    }
+
+    fn entry(sequence: u64, day: u8, fact: Fact) -> Entry {
+        Entry {
+            sequence,
+            occurred_at: datetime!(2026-01-01 00:00 UTC).replace_day(day).unwrap(),
+            fact,
+            withdrawn_by: None,
+        }
+    }
+
+    fn about(fact: CardFact, issued: Date) -> Fact {
+        Fact::Card {
+            fact,
+            issued,
+            expiry: Expiry::Unknown,
+        }
+    }
+
+    fn judge(entries: Vec<Entry>, expiry: Expiry) -> Verdict {
+        let mut state = CitizenState::default();
+        for entry in entries {
+            state.record(entry);
+        }
+        verdict(&card(expiry), Some(&state), TODAY)
+    }
+
+    fn reason_of(verdict: Verdict) -> Option<Reason> {
+        match verdict {
+            Verdict::Valid => None,
+            Verdict::Invalid { reason, .. } => Some(reason),
+        }
+    }
+
+    #[test]
+    fn no_record_is_valid_unless_expired() {
+        assert_eq!(verdict(&card(Expiry::Long), None, TODAY), Verdict::Valid);
+        assert_eq!(
+            verdict(&card(Expiry::On(TODAY)), None, TODAY),
+            Verdict::Valid
+        );
+        assert_eq!(
+            verdict(&card(Expiry::On(date!(2026 - 11 - 21))), None, TODAY),
+            Verdict::Invalid {
+                reason: Reason::Expired,
+                since: datetime!(2026-11-22 00:00 +8),
+            }
+        );
+    }
+
+    #[test]
+    fn first_generation_wins_over_everything() {
+        assert_eq!(
+            verdict(&PresentedCard::FirstGeneration, None, TODAY),
+            Verdict::Invalid {
+                reason: Reason::FirstGeneration,
+                since: datetime!(2013-01-01 00:00 +8),
+            }
+        );
+    }
+
+    /// The verdict order from the API contract: each reason beats every later one.
+    #[test]
+    fn precedence_follows_the_contract() {
+        let newer = date!(2022 - 01 - 01);
+        let all = [
+            entry(1, 1, about(CardFact::Issued, newer)),
+            entry(2, 2, about(CardFact::Lost, ISSUED)),
+            entry(3, 3, about(CardFact::Stolen, ISSUED)),
+            entry(4, 4, about(CardFact::Revoked, ISSUED)),
+            entry(5, 5, Fact::Cancelled),
+        ];
+        let expired = Expiry::On(date!(2021 - 01 - 01));
+        let expected = [
+            Reason::Superseded,
+            Reason::Lost,
+            Reason::Stolen,
+            Reason::Revoked,
+            Reason::CitizenCancelled,
+        ];
+        for (count, reason) in (1..=all.len()).zip(expected) {
+            assert_eq!(
+                reason_of(judge(all[..count].to_vec(), expired)),
+                Some(reason)
+            );
+        }
+        assert_eq!(reason_of(judge(vec![], expired)), Some(Reason::Expired));
+    }
+
+    #[test]
+    fn only_a_later_issue_date_supersedes() {
+        let earlier = entry(1, 1, about(CardFact::Issued, date!(2010 - 01 - 01)));
+        let same = entry(2, 2, about(CardFact::Issued, ISSUED));
+        assert_eq!(judge(vec![earlier, same], Expiry::Unknown), Verdict::Valid);
+        let later_loss = entry(3, 3, about(CardFact::Lost, date!(2022 - 01 - 01)));
+        assert_eq!(judge(vec![later_loss], Expiry::Unknown), Verdict::Valid);
+    }
+
+    #[test]
+    fn a_withdrawn_entry_has_no_effect() {
+        let lost = entry(1, 1, about(CardFact::Lost, ISSUED));
+        let withdrawal = entry(2, 2, Fact::Withdrawal { target: 1 });
+        assert_eq!(
+            judge(vec![lost, withdrawal], Expiry::Unknown),
+            Verdict::Valid
+        );
+    }
+
+    #[test]
+    fn invalid_since_is_the_earliest_event_of_the_winning_reason() {
+        let late = entry(1, 20, about(CardFact::Lost, ISSUED));
+        let early = entry(2, 3, about(CardFact::Lost, ISSUED));
+        assert_eq!(
+            judge(vec![late, early], Expiry::Unknown),
+            Verdict::Invalid {
+                reason: Reason::Lost,
+                since: datetime!(2026-01-03 00:00 UTC),
+            }
+        );
+    }
+
+    #[test]
+    fn the_registry_record_of_expiry_counts_too() {
+        let issued = entry(
+            1,
+            1,
+            Fact::Card {
+                fact: CardFact::Issued,
+                issued: ISSUED,
+                expiry: Expiry::On(date!(2025 - 01 - 01)),
+            },
+        );
+        assert_eq!(
+            judge(vec![issued], Expiry::Long),
+            Verdict::Invalid {
+                reason: Reason::Expired,
+                since: datetime!(2025-01-02 00:00 +8),
+            }
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Wiring: the store behind the two gRPC services on one listener, with graceful shutdown.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::ServeConfig;
+use crate::proto::v1::registry_server::RegistryServer;
+use crate::proto::v1::verification_server::VerificationServer;
+use crate::service::registry::RegistryService;
+use crate::service::verification::VerificationService;
+use crate::store::{Store, StoreError};
+
+/// The largest request or response message, in bytes; larger ones are refused.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listening on {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves both services on `listener` until `shutdown` resolves, then finishes the calls in
+/// flight. Long-lived streams are told to end at that point, so that shutdown does not wait for
+/// clients that never hang up.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (start_draining, draining) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = start_draining.send(true);
+    };
+    let verification =
+        VerificationServer::new(VerificationService::new(Arc::clone(&store), draining))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registry = RegistryServer::new(RegistryService::new(store))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .add_service(verification)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+}
+
+/// `idguard serve`: opens the store, listens, and serves until SIGINT or SIGTERM.
+pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .map_err(|error| StoreError::Interrupted(error.to_string()))??;
+    let store = Arc::new(store);
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        sequence = store.sequence(),
+        numbers_with_records = store.index().len(),
+        "registry open"
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let address = listener.local_addr()?;
+    // A fixed line on stdout, so scripts and tests can find a port chosen by the kernel.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "idguard listening on {address}")?;
+    stdout.flush()?;
+    tracing::info!(%address, "serving");
+    serve(listener, store, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            () = terminate => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing calls in flight");
+}

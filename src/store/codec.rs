@@ -1,0 +1,279 @@
+//! The binary layout of keys and values in RocksDB. Keys are compact and sort in the order they
+//! are scanned; every value layout starts with a version byte so it can evolve.
+
+use time::{Date, OffsetDateTime};
+
+use crate::card::{CitizenNumber, Expiry};
+use crate::event::ReportId;
+use crate::registry::{CardFact, CitizenState, Entry, Fact};
+
+/// A stored value the code cannot read: the data dir is damaged or from an unknown version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {what}: {why}")]
+pub struct Corrupt {
+    pub what: &'static str,
+    pub why: String,
+}
+
+fn corrupt(what: &'static str, why: impl Into<String>) -> Corrupt {
+    Corrupt {
+        what,
+        why: why.into(),
+    }
+}
+
+const CITIZEN_STATE_V1: u8 = 1;
+const ENTRY_BYTES: usize = 8 + 1 + 4 + 1 + 4 + 16 + 8;
+
+/// Key of the event log: the sequence, big-endian so the log iterates in order.
+pub fn sequence_key(sequence: u64) -> [u8; 8] {
+    sequence.to_be_bytes()
+}
+
+pub fn decode_sequence(bytes: &[u8]) -> Result<u64, Corrupt> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt("sequence", format!("{} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+/// Key of a citizen's state: the packed number (8 bytes, big-endian).
+pub fn citizen_key(number: CitizenNumber) -> [u8; 8] {
+    number.packed().to_be_bytes()
+}
+
+pub fn decode_citizen_key(bytes: &[u8]) -> Result<CitizenNumber, Corrupt> {
+    let packed = decode_sequence(bytes)?;
+    CitizenNumber::from_packed(packed).ok_or_else(|| corrupt("citizen key", packed.to_string()))
+}
+
+/// Where an accepted `report_id` lives: its sequence, and the number the event names (none for a
+/// withdrawal), so that a withdrawal can find its target without reading the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportSlot {
+    pub sequence: u64,
+    pub number: Option<CitizenNumber>,
+}
+
+impl ReportSlot {
+    pub fn encode(self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.sequence.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.number.map_or(0, CitizenNumber::packed).to_be_bytes());
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Corrupt> {
+        if bytes.len() != 16 {
+            return Err(corrupt("report slot", format!("{} bytes", bytes.len())));
+        }
+        let packed = decode_sequence(&bytes[8..])?;
+        Ok(Self {
+            sequence: decode_sequence(&bytes[..8])?,
+            number: match packed {
+                0 => None,
+                packed => Some(
+                    CitizenNumber::from_packed(packed)
+                        .ok_or_else(|| corrupt("report slot", packed.to_string()))?,
+                ),
+            },
+        })
+    }
+}
+
+/// Prefix of the withdrawals naming `target`: its length, then its bytes, so that no report id is
+/// a prefix of another's key.
+pub fn withdrawal_prefix(target: &ReportId) -> Vec<u8> {
+    let bytes = target.as_str().as_bytes();
+    let mut prefix = Vec::with_capacity(1 + bytes.len() + 8);
+    prefix.push(bytes.len() as u8);
+    prefix.extend_from_slice(bytes);
+    prefix
+}
+
+/// Key of one withdrawal naming `target`: the prefix, then the withdrawal's sequence.
+pub fn withdrawal_key(target: &ReportId, sequence: u64) -> Vec<u8> {
+    let mut key = withdrawal_prefix(target);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn day_number(day: Date) -> i32 {
+    day.to_julian_day()
+}
+
+fn day_from(number: i32) -> Result<Date, Corrupt> {
+    Date::from_julian_day(number).map_err(|error| corrupt("date", error.to_string()))
+}
+
+/// Encodes a citizen's state: a version byte, then fixed-width entries.
+pub fn encode_citizen(state: &CitizenState) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + state.entries().len() * ENTRY_BYTES);
+    bytes.push(CITIZEN_STATE_V1);
+    for entry in state.entries() {
+        let (tag, issued, expiry, link) = match entry.fact {
+            Fact::Card {
+                fact,
+                issued,
+                expiry,
+            } => {
+                let tag = match fact {
+                    CardFact::Lost => 0,
+                    CardFact::Stolen => 1,
+                    CardFact::Issued => 2,
+                    CardFact::Revoked => 3,
+                };
+                (tag, day_number(issued), expiry, entry.withdrawn_by)
+            }
+            Fact::Cancelled => (4, 0, Expiry::Unknown, entry.withdrawn_by),
+            Fact::Withdrawal { target } => (5, 0, Expiry::Unknown, Some(target)),
+        };
+        let (expiry_tag, expiry_day) = match expiry {
+            Expiry::Unknown => (0u8, 0),
+            Expiry::Long => (1, 0),
+            Expiry::On(day) => (2, day_number(day)),
+        };
+        bytes.extend_from_slice(&entry.sequence.to_be_bytes());
+        bytes.push(tag);
+        bytes.extend_from_slice(&issued.to_be_bytes());
+        bytes.push(expiry_tag);
+        bytes.extend_from_slice(&expiry_day.to_be_bytes());
+        bytes.extend_from_slice(&entry.occurred_at.unix_timestamp_nanos().to_be_bytes());
+        bytes.extend_from_slice(&link.unwrap_or(0).to_be_bytes());
+    }
+    bytes
+}
+
+/// Decodes what [`encode_citizen`] wrote.
+pub fn decode_citizen(bytes: &[u8]) -> Result<CitizenState, Corrupt> {
+    let what = "citizen state";
+    let (&version, body) = bytes.split_first().ok_or_else(|| corrupt(what, "empty"))?;
+    if version != CITIZEN_STATE_V1 {
+        return Err(corrupt(what, format!("unknown version {version}")));
+    }
+    if body.len() % ENTRY_BYTES != 0 {
+        return Err(corrupt(what, format!("{} bytes of entries", body.len())));
+    }
+    let entries = body
+        .chunks_exact(ENTRY_BYTES)
+        .map(|chunk| decode_entry(chunk).map_err(|why| corrupt(what, why)))
+        .collect::<Result<_, _>>()?;
+    Ok(CitizenState::from_entries(entries))
+}
+
+fn decode_entry(chunk: &[u8]) -> Result<Entry, String> {
+    let take = |range: std::ops::Range<usize>| &chunk[range];
+    let u64_at = |at: usize| u64::from_be_bytes(take(at..at + 8).try_into().unwrap_or_default());
+    let i32_at = |at: usize| i32::from_be_bytes(take(at..at + 4).try_into().unwrap_or_default());
+    let sequence = u64_at(0);
+    let tag = chunk[8];
+    let issued = i32_at(9);
+    let expiry = match (chunk[13], i32_at(14)) {
+        (0, _) => Expiry::Unknown,
+        (1, _) => Expiry::Long,
+        (2, day) => Expiry::On(day_from(day).map_err(|error| error.why)?),
+        (other, _) => return Err(format!("unknown expiry tag {other}")),
+    };
+    let nanos = i128::from_be_bytes(take(18..34).try_into().unwrap_or_default());
+    let occurred_at =
+        OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|error| error.to_string())?;
+    let link = Some(u64_at(34)).filter(|&link| link != 0);
+    let card = |fact| -> Result<Fact, String> {
+        Ok(Fact::Card {
+            fact,
+            issued: day_from(issued).map_err(|error| error.why)?,
+            expiry,
+        })
+    };
+    let (fact, withdrawn_by) = match tag {
+        0 => (card(CardFact::Lost)?, link),
+        1 => (card(CardFact::Stolen)?, link),
+        2 => (card(CardFact::Issued)?, link),
+        3 => (card(CardFact::Revoked)?, link),
+        4 => (Fact::Cancelled, link),
+        5 => (
+            Fact::Withdrawal {
+                target: link.ok_or("withdrawal without a target")?,
+            },
+            None,
+        ),
+        other => return Err(format!("unknown entry tag {other}")),
+    };
+    Ok(Entry {
+        sequence,
+        occurred_at,
+        fact,
+        withdrawn_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::{date, datetime};
+
+    #[test]
+    fn citizen_state_round_trips() {
+        let at = datetime!(2026-11-22 04:00:00.123456789 UTC);
+        let card = |fact, expiry| Fact::Card {
+            fact,
+            issued: date!(2020 - 02 - 29),
+            expiry,
+        };
+        let entries = vec![
+            Entry {
+                sequence: 1,
+                occurred_at: at,
+                fact: card(CardFact::Lost, Expiry::Unknown),
+                withdrawn_by: Some(4),
+            },
+            Entry {
+                sequence: 2,
+                occurred_at: at,
+                fact: card(CardFact::Stolen, Expiry::Long),
+                withdrawn_by: None,
+            },
+            Entry {
+                sequence: 3,
+                occurred_at: at,
+                fact: card(CardFact::Issued, Expiry::On(date!(2040 - 02 - 28))),
+                withdrawn_by: None,
+            },
+            Entry {
+                sequence: 4,
+                occurred_at: at,
+                fact: Fact::Withdrawal { target: 1 },
+                withdrawn_by: None,
+            },
+            Entry {
+                sequence: 5,
+                occurred_at: at,
+                fact: card(CardFact::Revoked, Expiry::Unknown),
+                withdrawn_by: None,
+            },
+            Entry {
+                sequence: 6,
+                occurred_at: datetime!(1999-01-01 00:00 UTC),
+                fact: Fact::Cancelled,
+                withdrawn_by: None,
+            },
+        ];
+        let state = CitizenState::from_entries(entries);
+        assert_eq!(decode_citizen(&encode_citizen(&state)), Ok(state));
+    }
+
+    #[test]
+    fn damaged_values_are_reported_not_misread() {
+        assert!(decode_citizen(&[]).is_err());
+        assert!(decode_citizen(&[9]).is_err());
+        assert!(decode_citizen(&[CITIZEN_STATE_V1, 0, 0]).is_err());
+        assert!(ReportSlot::decode(&[0; 15]).is_err());
+    }
+
+    #[test]
+    fn withdrawal_keys_do_not_collide_across_prefixes() {
+        let short = ReportId::parse("r-1").unwrap();
+        let long = ReportId::parse("r-10").unwrap();
+        assert!(!withdrawal_key(&long, 1).starts_with(&withdrawal_prefix(&short)));
+    }
+}

@@ -1,0 +1,284 @@
+//! The durable registry: RocksDB is the source of truth, and this module the only code that
+//! touches it.
+//!
+//! Column families:
+//! - `events`: the append-only event log, sequence → `RegistryChange` (protobuf);
+//! - `reports`: `report_id` → its sequence and number, for idempotent retries and withdrawals;
+//! - `withdrawals`: withdrawals whose target has not arrived yet, keyed by target then sequence;
+//! - `citizens`: packed number → the number's [`CitizenState`].
+//!
+//! Every accepted event is written with everything it changes in one atomic, WAL-synced
+//! `WriteBatch` by a single writer thread that commits concurrent submissions together
+//! ([`writer`]). Reads run on the caller's thread and block, so async callers go through
+//! `spawn_blocking` (see [`crate::check`]).
+
+mod codec;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use prost::Message;
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::card::{CitizenNumber, FieldError};
+use crate::event::ValidEvent;
+use crate::index::RecordIndex;
+use crate::proto::v1 as pb;
+use crate::registry::CitizenState;
+
+pub use codec::Corrupt;
+pub use writer::Applied;
+
+const CF_EVENTS: &str = "events";
+const CF_REPORTS: &str = "reports";
+const CF_WITHDRAWALS: &str = "withdrawals";
+const CF_CITIZENS: &str = "citizens";
+const COLUMN_FAMILIES: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
+
+/// How many submissions may wait for the writer before submitters are slowed down.
+const WRITER_QUEUE: usize = 4096;
+/// Block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+
+/// A failure of the storage layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    #[error("opening {path}: {why}")]
+    Open { path: PathBuf, why: String },
+    #[error("a storage read was interrupted: {0}")]
+    Interrupted(String),
+}
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    /// The event breaks a rule that depends on what is already registered.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(
+        "report_id {report_id:?} was already accepted with different content (sequence {sequence})"
+    )]
+    Conflict { report_id: String, sequence: u64 },
+    #[error("the registry is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the reader side and the writer thread share.
+struct Shared {
+    db: DB,
+    index: RecordIndex,
+    /// The highest sequence whose event is durable and visible to checks.
+    sequence: AtomicU64,
+}
+
+fn column_family<'db>(db: &'db DB, name: &'static str) -> &'db rocksdb::ColumnFamily {
+    // Every family is created at open, so a missing one is a bug, not an input error.
+    db.cf_handle(name)
+        .unwrap_or_else(|| unreachable!("column family {name} is created at open"))
+}
+
+impl Shared {
+    fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        column_family(&self.db, name)
+    }
+
+    fn get_event(&self, sequence: u64) -> Result<Option<pb::RegistryChange>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get_pinned_cf(self.cf(CF_EVENTS), codec::sequence_key(sequence))?
+        else {
+            return Ok(None);
+        };
+        let change = pb::RegistryChange::decode(bytes.as_ref()).map_err(|error| Corrupt {
+            what: "event",
+            why: error.to_string(),
+        })?;
+        Ok(Some(change))
+    }
+}
+
+/// The registry's durable state and the index that caches it.
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: Option<mpsc::Sender<writer::Submission>>,
+    writer_thread: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the registry in `data_dir`, rebuilds the index from it and
+    /// starts the writer. Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|error| StoreError::Open {
+            path: data_dir.to_owned(),
+            why: error.to_string(),
+        })?;
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut family = Options::default();
+        family.set_block_based_table_factory(&table);
+        family.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut options = family.clone();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.increase_parallelism(2);
+        let families = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, family.clone()));
+        let db = DB::open_cf_descriptors(&options, data_dir, families)?;
+
+        let sequence = AtomicU64::new(last_sequence(&db)?);
+        let index = rebuild_index(&db)?;
+        let shared = Arc::new(Shared {
+            db,
+            index,
+            sequence,
+        });
+
+        let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+        let writer_shared = Arc::clone(&shared);
+        let writer_thread = std::thread::Builder::new()
+            .name("idguard-writer".into())
+            .spawn(move || writer::run(&writer_shared, receiver))
+            .map_err(|error| StoreError::Open {
+                path: data_dir.to_owned(),
+                why: format!("starting the writer thread: {error}"),
+            })?;
+        Ok(Self {
+            shared,
+            writer: Some(sender),
+            writer_thread: Some(writer_thread),
+        })
+    }
+
+    /// Applies one validated event; resolves once it is durable and visible to checks.
+    pub async fn apply(&self, event: ValidEvent) -> Result<Applied, ApplyError> {
+        let writer = self.writer.as_ref().ok_or(ApplyError::Closed)?;
+        let (reply, outcome) = oneshot::channel();
+        writer
+            .send(writer::Submission { event, reply })
+            .await
+            .map_err(|_| ApplyError::Closed)?;
+        outcome.await.map_err(|_| ApplyError::Closed)?
+    }
+
+    /// The highest sequence whose event is durable and visible to checks.
+    pub fn sequence(&self) -> u64 {
+        self.shared.sequence.load(Ordering::Acquire)
+    }
+
+    /// Whether the number may have a record; `false` is exact and costs no I/O.
+    pub fn may_have_record(&self, number: CitizenNumber) -> bool {
+        self.shared.index.may_have_record(number)
+    }
+
+    /// The index, for its size figures.
+    pub fn index(&self) -> &RecordIndex {
+        &self.shared.index
+    }
+
+    /// Runs blocking reads on the blocking pool, off the async reactor threads.
+    pub async fn read<T, F>(self: &Arc<Self>, reads: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || reads(&store))
+            .await
+            .map_err(|error| StoreError::Interrupted(error.to_string()))?
+    }
+
+    /// The states of several numbers, in order (`None`: no record). Blocking.
+    pub fn citizens(
+        &self,
+        numbers: &[CitizenNumber],
+    ) -> Result<Vec<Option<CitizenState>>, StoreError> {
+        let cf = self.shared.cf(CF_CITIZENS);
+        let keys: Vec<[u8; 8]> = numbers.iter().copied().map(codec::citizen_key).collect();
+        self.shared
+            .db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .map(|found| {
+                found?
+                    .map(|bytes| codec::decode_citizen(&bytes).map_err(StoreError::from))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// The recorded events with these sequences, in order. Blocking.
+    pub fn events(&self, sequences: &[u64]) -> Result<Vec<pb::RegistryChange>, StoreError> {
+        sequences
+            .iter()
+            .map(|&sequence| {
+                self.shared.get_event(sequence)?.ok_or_else(|| {
+                    StoreError::from(Corrupt {
+                        what: "event log",
+                        why: format!("sequence {sequence} is missing"),
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Store {
+    /// Lets the writer finish what it was given and waits for it, so that the database is closed
+    /// cleanly when the last reference goes.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+/// The last sequence in the event log, 0 for an empty registry.
+fn last_sequence(db: &DB) -> Result<u64, StoreError> {
+    let last = db
+        .iterator_cf(column_family(db, CF_EVENTS), IteratorMode::End)
+        .next()
+        .transpose()?;
+    match last {
+        Some((key, _)) => Ok(codec::decode_sequence(&key)?),
+        None => Ok(0),
+    }
+}
+
+/// The index of every number with a state, read from the `citizens` keys.
+fn rebuild_index(db: &DB) -> Result<RecordIndex, StoreError> {
+    let cf = column_family(db, CF_CITIZENS);
+    let estimate = db
+        .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
+        .unwrap_or(0);
+    let index = RecordIndex::with_capacity(usize::try_from(estimate).unwrap_or(0));
+    let mut keys = db.raw_iterator_cf(cf);
+    keys.seek_to_first();
+    let mut batch = Vec::with_capacity(4096);
+    while let Some(key) = keys.key() {
+        batch.push(codec::decode_citizen_key(key)?);
+        if batch.len() == batch.capacity() {
+            index.insert(batch.drain(..));
+        }
+        keys.next();
+    }
+    keys.status()?;
+    index.insert(batch);
+    Ok(index)
+}

@@ -1,0 +1,369 @@
+//! The single writer: folds accepted events into the stored state and commits them in groups.
+//!
+//! Submissions queue on a bounded channel. The writer takes whatever has queued (up to
+//! [`MAX_GROUP`]), applies each in order to an overlay of the state it reads, writes the whole
+//! group as one `WriteBatch` with a synced WAL, and only then updates the index, publishes the new
+//! sequence and answers each submitter. One WAL sync serves every event of the group, and a failed
+//! write answers every event of the group with an error and changes nothing.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use rocksdb::{WriteBatch, WriteOptions};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, ReportSlot};
+use super::{
+    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, Shared, StoreError,
+};
+use crate::card::{Card, CitizenNumber, FieldError, Rule};
+use crate::event::{EventKind, Loss, ReportId, ValidEvent};
+use crate::proto::{self, v1 as pb};
+use crate::registry::{CardFact, CitizenState, Entry, Fact};
+
+/// The most submissions committed by one WAL sync.
+const MAX_GROUP: usize = 1024;
+
+/// The outcome of applying an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The event's sequence: newly assigned, or the original one for a duplicate.
+    pub sequence: u64,
+    /// The same `report_id` had been accepted before with the same content; nothing changed.
+    pub duplicate: bool,
+}
+
+/// One event waiting for the writer, and where to send its outcome.
+pub(super) struct Submission {
+    pub event: ValidEvent,
+    pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
+}
+
+/// The writer thread's loop: runs until every sender is gone.
+pub(super) fn run(shared: &Shared, mut queue: mpsc::Receiver<Submission>) {
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(submission) => group.push(submission),
+                Err(_) => break,
+            }
+        }
+        commit_group(shared, &sync, group);
+    }
+}
+
+fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
+    let first_new = shared.sequence.load(std::sync::atomic::Ordering::Acquire) + 1;
+    let mut overlay = Overlay::new(shared, first_new, OffsetDateTime::now_utc());
+    let outcomes: Vec<_> = group
+        .iter()
+        .map(|submission| overlay.apply(&submission.event))
+        .collect();
+    let last = overlay.next_sequence - 1;
+    let (batch, touched) = overlay.into_batch();
+    let written = if batch.is_empty() {
+        Ok(())
+    } else {
+        shared.db.write_opt(batch, sync)
+    };
+    match written {
+        Ok(()) => {
+            shared.index.insert(touched);
+            shared
+                .sequence
+                .store(last, std::sync::atomic::Ordering::Release);
+            for (submission, outcome) in group.into_iter().zip(outcomes) {
+                // A submitter that gave up waiting is no reason to stop.
+                let _ = submission.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, events = group.len(), "committing a group failed");
+            for (submission, outcome) in group.into_iter().zip(outcomes) {
+                // Anything that depended on this group's write is not durable either.
+                let outcome = match outcome {
+                    Ok(applied) if applied.sequence >= first_new => {
+                        Err(StoreError::from(error.clone()).into())
+                    }
+                    other => other,
+                };
+                let _ = submission.reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// The stored state as the group being built sees it: reads fall through to RocksDB, writes stay
+/// here until the group is committed.
+struct Overlay<'a> {
+    shared: &'a Shared,
+    next_sequence: u64,
+    recorded_at: OffsetDateTime,
+    events: HashMap<u64, pb::RegistryChange>,
+    reports: HashMap<ReportId, ReportSlot>,
+    citizens: HashMap<CitizenNumber, CitizenState>,
+    /// Withdrawals accepted in this group whose target is not registered yet.
+    pending_withdrawals: Vec<(ReportId, u64)>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(shared: &'a Shared, next_sequence: u64, recorded_at: OffsetDateTime) -> Self {
+        Self {
+            shared,
+            next_sequence,
+            recorded_at,
+            events: HashMap::new(),
+            reports: HashMap::new(),
+            citizens: HashMap::new(),
+            pending_withdrawals: Vec::new(),
+        }
+    }
+
+    fn report(&self, id: &ReportId) -> Result<Option<ReportSlot>, StoreError> {
+        if let Some(slot) = self.reports.get(id) {
+            return Ok(Some(*slot));
+        }
+        let stored = self
+            .shared
+            .db
+            .get_pinned_cf(self.shared.cf(CF_REPORTS), id.as_str())?;
+        Ok(stored.map(|bytes| ReportSlot::decode(&bytes)).transpose()?)
+    }
+
+    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
+        if let Some(change) = self.events.get(&sequence) {
+            return Ok(change.clone());
+        }
+        self.shared.get_event(sequence)?.ok_or_else(|| {
+            Corrupt {
+                what: "event log",
+                why: format!("sequence {sequence} is missing"),
+            }
+            .into()
+        })
+    }
+
+    fn citizen(&mut self, number: CitizenNumber) -> Result<&mut CitizenState, StoreError> {
+        if !self.citizens.contains_key(&number) {
+            let stored = self
+                .shared
+                .db
+                .get_pinned_cf(self.shared.cf(CF_CITIZENS), codec::citizen_key(number))?;
+            let state = match stored {
+                Some(bytes) => codec::decode_citizen(&bytes)?,
+                None => CitizenState::default(),
+            };
+            self.citizens.insert(number, state);
+        }
+        Ok(self.citizens.entry(number).or_default())
+    }
+
+    /// Sequences of the withdrawals naming `target`, stored or in this group.
+    fn withdrawals_of(&self, target: &ReportId) -> Result<Vec<u64>, StoreError> {
+        let prefix = codec::withdrawal_prefix(target);
+        let cf = self.shared.cf(CF_WITHDRAWALS);
+        let mut sequences = Vec::new();
+        for item in self.shared.db.prefix_iterator_cf(cf, &prefix) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            sequences.push(codec::decode_sequence(&key[prefix.len()..])?);
+        }
+        sequences.extend(
+            self.pending_withdrawals
+                .iter()
+                .filter(|(pending, _)| pending == target)
+                .map(|(_, sequence)| *sequence),
+        );
+        Ok(sequences)
+    }
+
+    /// Folds one event into the overlay, or says why it is a duplicate or refused.
+    fn apply(&mut self, valid: &ValidEvent) -> Result<Applied, ApplyError> {
+        let event = &valid.event;
+        if let Some(slot) = self.report(&event.report_id)? {
+            let original = self.event(slot.sequence)?;
+            return if original.event.as_ref() == Some(&valid.canonical) {
+                Ok(Applied {
+                    sequence: slot.sequence,
+                    duplicate: true,
+                })
+            } else {
+                Err(ApplyError::Conflict {
+                    report_id: event.report_id.as_str().to_owned(),
+                    sequence: slot.sequence,
+                })
+            };
+        }
+        let sequence = self.next_sequence;
+        match what_it_touches(&event.kind) {
+            Touches::Withdrawal(target) => self.withdraw(sequence, valid, target)?,
+            Touches::Number(number, fact) => self.register(sequence, valid, number, fact)?,
+        }
+        self.events.insert(
+            sequence,
+            pb::RegistryChange {
+                sequence,
+                event: Some(valid.canonical.clone()),
+                recorded_at: Some(proto::timestamp(self.recorded_at)),
+            },
+        );
+        let slot = ReportSlot {
+            sequence,
+            number: event.number(),
+        };
+        self.reports.insert(event.report_id.clone(), slot);
+        self.next_sequence += 1;
+        Ok(Applied {
+            sequence,
+            duplicate: false,
+        })
+    }
+
+    /// Records an event about a number, together with any withdrawals of it that arrived first.
+    fn register(
+        &mut self,
+        sequence: u64,
+        valid: &ValidEvent,
+        number: CitizenNumber,
+        fact: Fact,
+    ) -> Result<(), StoreError> {
+        let mut entries = vec![Entry {
+            sequence,
+            occurred_at: valid.event.occurred_at,
+            fact,
+            withdrawn_by: None,
+        }];
+        for withdrawal in self.withdrawals_of(&valid.event.report_id)? {
+            entries.push(Entry {
+                sequence: withdrawal,
+                occurred_at: self.occurred_at(withdrawal)?,
+                fact: Fact::Withdrawal { target: sequence },
+                withdrawn_by: None,
+            });
+        }
+        let state = self.citizen(number)?;
+        for entry in entries {
+            state.record(entry);
+        }
+        Ok(())
+    }
+
+    /// Records a withdrawal against its target's number, or keeps it pending until the target
+    /// arrives.
+    fn withdraw(
+        &mut self,
+        sequence: u64,
+        valid: &ValidEvent,
+        target: &ReportId,
+    ) -> Result<(), ApplyError> {
+        let Some(slot) = self.report(target)? else {
+            self.pending_withdrawals.push((target.clone(), sequence));
+            return Ok(());
+        };
+        let Some(number) = slot.number else {
+            return Err(FieldError::new(
+                "withdrawn.withdrawn_report_id",
+                Rule::WithdrawsWithdrawal,
+            )
+            .into());
+        };
+        self.citizen(number)?.record(Entry {
+            sequence,
+            occurred_at: valid.event.occurred_at,
+            fact: Fact::Withdrawal {
+                target: slot.sequence,
+            },
+            withdrawn_by: None,
+        });
+        Ok(())
+    }
+
+    fn occurred_at(&self, sequence: u64) -> Result<OffsetDateTime, StoreError> {
+        let change = self.event(sequence)?;
+        change
+            .event
+            .and_then(|event| event.occurred_at)
+            .and_then(|at| proto::instant(&at))
+            .ok_or_else(|| {
+                Corrupt {
+                    what: "event",
+                    why: format!("sequence {sequence} has no valid occurred_at"),
+                }
+                .into()
+            })
+    }
+
+    /// The group as one write batch, and the numbers it gives records to.
+    fn into_batch(self) -> (WriteBatch, Vec<CitizenNumber>) {
+        let shared = self.shared;
+        let mut batch = WriteBatch::default();
+        for (sequence, change) in &self.events {
+            batch.put_cf(
+                shared.cf(CF_EVENTS),
+                codec::sequence_key(*sequence),
+                change.encode_to_vec(),
+            );
+        }
+        for (id, slot) in &self.reports {
+            batch.put_cf(shared.cf(CF_REPORTS), id.as_str(), slot.encode());
+        }
+        for (target, sequence) in &self.pending_withdrawals {
+            batch.put_cf(
+                shared.cf(CF_WITHDRAWALS),
+                codec::withdrawal_key(target, *sequence),
+                [],
+            );
+        }
+        let mut touched = Vec::with_capacity(self.citizens.len());
+        for (number, state) in &self.citizens {
+            if !state.entries().is_empty() {
+                batch.put_cf(
+                    shared.cf(CF_CITIZENS),
+                    codec::citizen_key(*number),
+                    codec::encode_citizen(state),
+                );
+                touched.push(*number);
+            }
+        }
+        (batch, touched)
+    }
+}
+
+/// What an event registers: a fact about a number, or a withdrawal of another event.
+enum Touches<'e> {
+    Number(CitizenNumber, Fact),
+    Withdrawal(&'e ReportId),
+}
+
+fn what_it_touches(kind: &EventKind) -> Touches<'_> {
+    let about = |card: &Card, fact| {
+        Touches::Number(
+            card.number,
+            Fact::Card {
+                fact,
+                issued: card.issued,
+                expiry: card.expiry,
+            },
+        )
+    };
+    match kind {
+        EventKind::Reported {
+            card,
+            loss: Loss::Lost,
+        } => about(card, CardFact::Lost),
+        EventKind::Reported {
+            card,
+            loss: Loss::Stolen,
+        } => about(card, CardFact::Stolen),
+        EventKind::Issued { card } => about(card, CardFact::Issued),
+        EventKind::Revoked { card } => about(card, CardFact::Revoked),
+        EventKind::Cancelled { number } => Touches::Number(*number, Fact::Cancelled),
+        EventKind::Withdrawn { target } => Touches::Withdrawal(target),
+    }
+}

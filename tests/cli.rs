@@ -1,0 +1,226 @@
+//! The `idguard` binary as a shell user runs it: `serve` as a child process on port 0, and the
+//! client commands with their output and exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::number;
+
+const BIN: &str = env!("CARGO_BIN_EXE_idguard");
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(data_dir: &std::path::Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("idguard serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first line");
+        let address = line
+            .trim()
+            .strip_prefix("idguard listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.url])
+            .output()
+            .expect("idguard runs")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("exited")
+}
+
+#[test]
+fn a_shell_user_reports_checks_and_reads_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    let id = number("44030519800101123");
+
+    let valid = served.run(&["check", &id, "--issued", "20150101"]);
+    assert_eq!(code(&valid), 0, "{valid:?}");
+    assert!(stdout(&valid).starts_with("VALID"), "{valid:?}");
+
+    let report = served.run(&[
+        "report",
+        "stolen",
+        &id,
+        "--issued",
+        "20150101",
+        "--expires",
+        "20350101",
+        "--report-id",
+        "cli-1",
+        "--authority",
+        "440305",
+        "--occurred-at",
+        "2025-06-01T10:00:00+08:00",
+    ]);
+    assert_eq!(code(&report), 0, "{report:?}");
+    assert!(
+        stdout(&report).contains("accepted as sequence 1"),
+        "{report:?}"
+    );
+
+    let invalid = served.run(&["check", &id, "--issued", "20150101"]);
+    assert_eq!(code(&invalid), 1, "{invalid:?}");
+    assert!(
+        stdout(&invalid).starts_with("INVALID  stolen since 2025-06-01T10:00:00+08:00"),
+        "{invalid:?}"
+    );
+
+    let retry = served.run(&[
+        "report",
+        "stolen",
+        &id,
+        "--issued",
+        "20150101",
+        "--expires",
+        "20350101",
+        "--report-id",
+        "cli-1",
+        "--authority",
+        "440305",
+        "--occurred-at",
+        "2025-06-01T10:00:00+08:00",
+    ]);
+    assert_eq!(code(&retry), 0, "{retry:?}");
+    assert!(
+        stdout(&retry).contains("already accepted as sequence 1"),
+        "{retry:?}"
+    );
+
+    let conflict = served.run(&[
+        "report",
+        "lost",
+        &id,
+        "--issued",
+        "20150101",
+        "--report-id",
+        "cli-1",
+        "--authority",
+        "440305",
+    ]);
+    assert_eq!(code(&conflict), 5, "{conflict:?}");
+
+    let withdraw = served.run(&[
+        "report",
+        "withdrawn",
+        "cli-1",
+        "--note",
+        "found at home",
+        "--report-id",
+        "cli-2",
+        "--authority",
+        "440305",
+    ]);
+    assert_eq!(code(&withdraw), 0, "{withdraw:?}");
+    assert_eq!(
+        code(&served.run(&["check", &id, "--issued", "20150101"])),
+        0
+    );
+
+    let record = served.run(&["record", &id]);
+    assert_eq!(code(&record), 0, "{record:?}");
+    let text = stdout(&record);
+    assert!(
+        text.contains("issued 20150101  expires ?         VALID"),
+        "{text}"
+    );
+    assert!(text.contains("report cli-1 by 440305"), "{text}");
+    assert!(text.contains("withdrew report cli-1"), "{text}");
+
+    let malformed = served.run(&["check", "12345", "--issued", "20150101"]);
+    assert_eq!(code(&malformed), 2, "{malformed:?}");
+    assert!(
+        String::from_utf8_lossy(&malformed.stderr).contains("card.id_number"),
+        "{malformed:?}"
+    );
+
+    let unknown = served.run(&["record", &number("44030519800101124")]);
+    assert_eq!(code(&unknown), 4, "{unknown:?}");
+}
+
+#[test]
+fn an_unreachable_server_is_exit_code_3() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let output = Command::new(BIN)
+        .args([
+            "check",
+            &number("44030519800101123"),
+            "--issued",
+            "20150101",
+            "--server",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 3, "{output:?}");
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = number("44030519800101123");
+    let mut served = Served::start(dir.path());
+    let report = served.run(&[
+        "report",
+        "lost",
+        &id,
+        "--issued",
+        "20150101",
+        "--report-id",
+        "t-1",
+        "--authority",
+        "440305",
+    ]);
+    assert_eq!(code(&report), 0, "{report:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = served.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
+
+    let served = Served::start(dir.path());
+    assert_eq!(
+        code(&served.run(&["check", &id, "--issued", "20150101"])),
+        1
+    );
+}

@@ -1,0 +1,136 @@
+//! Shared by the integration tests: the real server on an ephemeral port over a real RocksDB in a
+//! temp dir, generated tonic clients, and builders for wire events.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use idguard::proto::v1::registry_client::RegistryClient;
+use idguard::proto::v1::registry_event::Kind;
+use idguard::proto::v1::verification_client::VerificationClient;
+use idguard::proto::{self, v1 as pb};
+use idguard::store::Store;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A running server; `stop` shuts it down and closes its store.
+pub struct TestServer {
+    pub address: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path) -> Self {
+        let data_dir = data_dir.to_owned();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await
+            .expect("open task")
+            .expect("store opens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            idguard::server::serve(listener, Arc::new(store), async {
+                let _ = stop.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            address,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.task.await.expect("server task");
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn verification(&self) -> VerificationClient<Channel> {
+        VerificationClient::new(self.channel().await)
+    }
+
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel().await)
+    }
+}
+
+/// Builds a valid 18-character number from its first 17 digits.
+pub fn number(first17: &str) -> String {
+    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = first17
+        .chars()
+        .zip(WEIGHTS)
+        .map(|(c, w)| c.to_digit(10).expect("digit") * w)
+        .sum();
+    let check = b"10X98765432"[(sum % 11) as usize] as char;
+    format!("{first17}{check}")
+}
+
+pub fn card(id: &str, issued: &str, expires: &str) -> pb::CardRef {
+    pb::CardRef {
+        id_number: id.into(),
+        issue_date: issued.into(),
+        expiry_date: expires.into(),
+    }
+}
+
+pub fn at(when: OffsetDateTime) -> Option<prost_types::Timestamp> {
+    Some(proto::timestamp(when))
+}
+
+pub fn event(report_id: &str, occurred_at: OffsetDateTime, kind: Kind) -> pb::RegistryEvent {
+    pb::RegistryEvent {
+        report_id: report_id.into(),
+        authority: "440305".into(),
+        occurred_at: at(occurred_at),
+        kind: Some(kind),
+    }
+}
+
+pub fn reported(card: pb::CardRef, kind: pb::LossKind) -> Kind {
+    Kind::Reported(pb::CardReported {
+        card: Some(card),
+        kind: kind.into(),
+    })
+}
+
+pub fn issued(card: pb::CardRef) -> Kind {
+    Kind::Issued(pb::CardIssued { card: Some(card) })
+}
+
+pub fn revoked(card: pb::CardRef) -> Kind {
+    Kind::Revoked(pb::CardRevoked {
+        card: Some(card),
+        note: "forged details".into(),
+    })
+}
+
+pub fn cancelled(id: &str) -> Kind {
+    Kind::Cancelled(pb::CitizenCancelled {
+        id_number: id.into(),
+        note: "deceased".into(),
+    })
+}
+
+pub fn withdrawn(target: &str) -> Kind {
+    Kind::Withdrawn(pb::ReportWithdrawn {
+        withdrawn_report_id: target.into(),
+        note: "reported in error".into(),
+    })
+}
