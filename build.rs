@@ -2,7 +2,10 @@
 //! needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/idguard/v1/idguard.proto"];
+    let protos = [
+        "proto/idguard/v1/idguard.proto",
+        "proto/google/rpc/status.proto",
+    ];
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     for proto in protos {

@@ -286,6 +286,7 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             let response = client
                 .check(pb::CheckRequest {
                     card: Some(card.wire()),
+                    min_sequence: 0,
                 })
                 .await?
                 .into_inner();

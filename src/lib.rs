@@ -3,7 +3,7 @@
 //!
 //! The flow reads top to bottom: [`card`] and [`event`] validate what arrives; [`registry`] folds
 //! events into per-number state and judges cards, with no I/O; [`store`] persists that state in
-//! RocksDB; [`index`] caches which numbers have any; [`check`] answers checks from both;
+//! RocksDB; [`index`] caches which numbers have any; [`check`] answers checks from both and [`feed`] streams changes;
 //! [`service`] translates gRPC; [`server`] wires it together and [`cli`] is the command line.
 
 pub mod card;
@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod feed;
 pub mod index;
 pub mod proto;
 pub mod registry;

@@ -2,10 +2,22 @@
 
 use time::OffsetDateTime;
 
-/// `idguard.v1`, the public API (`proto/idguard/v1/idguard.proto`).
-pub mod v1 {
-    tonic::include_proto!("idguard.v1");
+/// The generated packages, nested as their names are so that cross-package references resolve.
+pub mod idguard {
+    /// `idguard.v1`, the public API (`proto/idguard/v1/idguard.proto`).
+    pub mod v1 {
+        tonic::include_proto!("idguard.v1");
+    }
 }
+
+/// `google.rpc`, for the standard `Status` carried in acks.
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub use idguard::v1;
 
 /// The wire form of an instant.
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {

@@ -48,11 +48,13 @@ pub async fn serve(
         shutdown.await;
         let _ = start_draining.send(true);
     };
-    let verification =
-        VerificationServer::new(VerificationService::new(Arc::clone(&store), draining))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let registry = RegistryServer::new(RegistryService::new(store))
+    let verification = VerificationServer::new(VerificationService::new(
+        Arc::clone(&store),
+        draining.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registry = RegistryServer::new(RegistryService::new(store, draining))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Server::builder()

@@ -18,7 +18,10 @@ async fn check(server: &TestServer, card: pb::CardRef) -> pb::CheckResponse {
     server
         .verification()
         .await
-        .check(pb::CheckRequest { card: Some(card) })
+        .check(pb::CheckRequest {
+            card: Some(card),
+            min_sequence: 0,
+        })
         .await
         .expect("check succeeds")
         .into_inner()
@@ -377,7 +380,10 @@ async fn a_batch_answers_each_card_in_order() {
     let results = server
         .verification()
         .await
-        .check_batch(pb::CheckBatchRequest { cards })
+        .check_batch(pb::CheckBatchRequest {
+            cards,
+            min_sequence: 0,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -409,6 +415,7 @@ async fn a_batch_answers_each_card_in_order() {
 
     let many = |count| pb::CheckBatchRequest {
         cards: vec![card(&id, "20150101", ""); count],
+        min_sequence: 0,
     };
     let full = server
         .verification()
@@ -443,7 +450,13 @@ async fn a_stream_answers_in_order_and_survives_malformed_items() {
         .unwrap()
         .into_inner();
     let mut ask = async |card: Option<pb::CardRef>| {
-        requests.send(pb::CheckRequest { card }).await.unwrap();
+        requests
+            .send(pb::CheckRequest {
+                card,
+                min_sequence: 0,
+            })
+            .await
+            .unwrap();
         responses
             .message()
             .await
@@ -498,7 +511,10 @@ async fn state_and_index_survive_a_restart() {
     }
     apply(&server, event("w", T2, withdrawn("r3"))).await;
     let cards: Vec<_> = ids.iter().map(|id| card(id, "20150101", "")).collect();
-    let batch = pb::CheckBatchRequest { cards };
+    let batch = pb::CheckBatchRequest {
+        cards,
+        min_sequence: 0,
+    };
     let before = server
         .verification()
         .await
@@ -556,6 +572,7 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
         .await
         .check(pb::CheckRequest {
             card: Some(card(&id, "2015-01-01", "")),
+            min_sequence: 0,
         })
         .await
         .unwrap_err();
@@ -569,7 +586,10 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
     let status = server
         .verification()
         .await
-        .check(pb::CheckRequest { card: None })
+        .check(pb::CheckRequest {
+            card: None,
+            min_sequence: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -655,6 +675,7 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
     // A message over 4 MiB is refused.
     let huge = pb::CheckBatchRequest {
         cards: vec![card(&"1".repeat(1000), "20150101", ""); 5000],
+        min_sequence: 0,
     };
     let status = server
         .verification()

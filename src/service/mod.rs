@@ -4,13 +4,76 @@
 pub mod registry;
 pub mod verification;
 
+use std::time::Duration;
+
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tonic::Status;
+use tonic::metadata::MetadataMap;
 
 use crate::card::FieldError;
-use crate::proto::{self, v1 as pb};
+use crate::feed::FeedError;
+use crate::proto::{self, google, v1 as pb};
 use crate::registry::{Reason, Verdict};
-use crate::store::{ApplyError, StoreError};
+use crate::store::{ApplyError, Store, StoreError};
+
+/// Becomes `true` when the server starts shutting down; long-lived streams then end.
+pub type Draining = watch::Receiver<bool>;
+
+/// The longest a call waits for `min_sequence` when the client set no shorter deadline.
+pub const MAX_SEQUENCE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a call may wait for `min_sequence`: until shortly before its own deadline
+/// (`grpc-timeout`), when the transport would turn it into CANCELLED, and never more than
+/// [`MAX_SEQUENCE_WAIT`].
+fn sequence_wait_budget(metadata: &MetadataMap) -> Duration {
+    request_deadline(metadata).map_or(MAX_SEQUENCE_WAIT, |deadline| {
+        let margin = (deadline / 50).max(Duration::from_millis(5));
+        deadline.saturating_sub(margin).min(MAX_SEQUENCE_WAIT)
+    })
+}
+
+/// Waits until the registry has reached `min_sequence`, or answers DEADLINE_EXCEEDED after
+/// `budget`.
+async fn reach_sequence(store: &Store, min_sequence: u64, budget: Duration) -> Result<(), Status> {
+    if store.sequence() >= min_sequence {
+        return Ok(());
+    }
+    tokio::time::timeout(budget, store.reached(min_sequence))
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "min_sequence: the registry is at sequence {}, and did not reach {min_sequence} within the deadline",
+                store.sequence()
+            ))
+        })
+}
+
+/// The call's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of
+/// `H M S m u n`), if it has a valid one.
+fn request_deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// A status as the standard `google.rpc.Status` message, for errors carried inside a stream.
+fn rpc_status(status: &Status) -> google::rpc::Status {
+    google::rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    }
+}
 
 /// The wire form of a verdict reflecting `sequence`.
 fn check_response(verdict: Verdict, sequence: u64) -> pb::CheckResponse {
@@ -71,6 +134,15 @@ impl From<StoreError> for Status {
     }
 }
 
+impl From<FeedError> for Status {
+    fn from(error: FeedError) -> Self {
+        match error {
+            FeedError::Store(error) => error.into(),
+            FeedError::ShuttingDown => Status::unavailable(error.to_string()),
+        }
+    }
+}
+
 impl From<ApplyError> for Status {
     fn from(error: ApplyError) -> Self {
         match error {
@@ -79,5 +151,28 @@ impl From<ApplyError> for Status {
             ApplyError::Closed => Status::unavailable(error.to_string()),
             ApplyError::Store(error) => error.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_are_read_in_every_unit() {
+        let deadline = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            request_deadline(&metadata)
+        };
+        assert_eq!(deadline("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(deadline("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(deadline("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(deadline("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(deadline("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(deadline("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(deadline("5x"), None);
+        assert_eq!(deadline("m"), None);
+        assert_eq!(request_deadline(&MetadataMap::new()), None);
     }
 }

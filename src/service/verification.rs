@@ -3,11 +3,14 @@
 use std::sync::Arc;
 
 use time::Date;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_response, invalid_argument, malformed_response, now};
+use super::{
+    Draining, MAX_SEQUENCE_WAIT, check_response, invalid_argument, malformed_response, now,
+    reach_sequence, sequence_wait_budget,
+};
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
 use crate::check::check_cards;
 use crate::proto::v1::{self as pb, verification_server::Verification};
@@ -21,12 +24,11 @@ const STREAM_BUFFER: usize = 64;
 /// The `Verification` service over a store.
 pub struct VerificationService {
     store: Arc<Store>,
-    /// Becomes `true` when the server starts shutting down: open streams then end.
-    draining: watch::Receiver<bool>,
+    draining: Draining,
 }
 
 impl VerificationService {
-    pub fn new(store: Arc<Store>, draining: watch::Receiver<bool>) -> Self {
+    pub fn new(store: Arc<Store>, draining: Draining) -> Self {
         Self { store, draining }
     }
 }
@@ -81,6 +83,8 @@ impl Verification for VerificationService {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let today = china_today(now());
         let card = parse_request(request.get_ref(), today).map_err(invalid_argument)?;
+        let budget = sequence_wait_budget(request.metadata());
+        reach_sequence(&self.store, request.get_ref().min_sequence, budget).await?;
         let (verdicts, sequence) = check_cards(&self.store, &[card], today).await?;
         let verdict = verdicts
             .into_iter()
@@ -108,6 +112,8 @@ impl Verification for VerificationService {
                 parse_card(card, today).map_err(|error| error.within(&format!("cards[{position}]")))
             })
             .collect();
+        let budget = sequence_wait_budget(request.metadata());
+        reach_sequence(&self.store, request.get_ref().min_sequence, budget).await?;
         let results = answer(&self.store, items, today).await?;
         Ok(Response::new(pb::CheckBatchResponse { results }))
     }
@@ -135,13 +141,19 @@ impl Verification for VerificationService {
                     Ok(Some(request)) => {
                         let today = china_today(now());
                         let item = parse_request(&request, today);
-                        answer(&store, vec![item], today)
-                            .await
-                            .and_then(|mut answers| {
-                                answers
-                                    .pop()
-                                    .ok_or_else(|| Status::internal("no verdict for the card"))
-                            })
+                        match reach_sequence(&store, request.min_sequence, MAX_SEQUENCE_WAIT).await
+                        {
+                            Err(status) => Err(status),
+                            Ok(()) => {
+                                answer(&store, vec![item], today)
+                                    .await
+                                    .and_then(|mut answers| {
+                                        answers.pop().ok_or_else(|| {
+                                            Status::internal("no verdict for the card")
+                                        })
+                                    })
+                            }
+                        }
                     }
                     Err(status) => Err(status),
                 };

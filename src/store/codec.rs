@@ -1,10 +1,12 @@
 //! The binary layout of keys and values in RocksDB. Keys are compact and sort in the order they
 //! are scanned; every value layout starts with a version byte so it can evolve.
 
+use prost::Message;
 use time::{Date, OffsetDateTime};
 
 use crate::card::{CitizenNumber, Expiry};
 use crate::event::ReportId;
+use crate::proto::v1 as pb;
 use crate::registry::{CardFact, CitizenState, Entry, Fact};
 
 /// A stored value the code cannot read: the data dir is damaged or from an unknown version.
@@ -35,6 +37,11 @@ pub fn decode_sequence(bytes: &[u8]) -> Result<u64, Corrupt> {
         .try_into()
         .map_err(|_| corrupt("sequence", format!("{} bytes", bytes.len())))?;
     Ok(u64::from_be_bytes(array))
+}
+
+/// Decodes an event-log value: the `RegistryChange` as it was recorded (protobuf).
+pub fn decode_change(bytes: &[u8]) -> Result<pb::RegistryChange, Corrupt> {
+    pb::RegistryChange::decode(bytes).map_err(|error| corrupt("event", error.to_string()))
 }
 
 /// Key of a citizen's state: the packed number (8 bytes, big-endian).

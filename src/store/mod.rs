@@ -20,9 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use prost::Message;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::card::{CitizenNumber, FieldError};
 use crate::event::ValidEvent;
@@ -41,6 +40,8 @@ const COLUMN_FAMILIES: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CI
 
 /// How many submissions may wait for the writer before submitters are slowed down.
 const WRITER_QUEUE: usize = 4096;
+/// Live changes kept for watchers; one that falls further behind goes back to the log.
+const LIVE_CHANGES: usize = 8192;
 /// Block cache shared by every column family.
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
 
@@ -51,8 +52,8 @@ pub enum StoreError {
     RocksDb(#[from] rocksdb::Error),
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
-    #[error("opening {path}: {why}")]
-    Open { path: PathBuf, why: String },
+    #[error("data dir {path}: {why}")]
+    DataDir { path: PathBuf, why: String },
     #[error("a storage read was interrupted: {0}")]
     Interrupted(String),
 }
@@ -77,8 +78,13 @@ pub enum ApplyError {
 struct Shared {
     db: DB,
     index: RecordIndex,
-    /// The highest sequence whose event is durable and visible to checks.
+    /// The highest sequence whose event is durable and visible to checks: read by every check,
+    /// so it is a plain atomic.
     sequence: AtomicU64,
+    /// The same sequence for those who wait for it to move (`min_sequence`).
+    published: watch::Sender<u64>,
+    /// Every newly accepted event, in sequence order, sent once it is durable and visible.
+    changes: broadcast::Sender<Arc<pb::RegistryChange>>,
 }
 
 fn column_family<'db>(db: &'db DB, name: &'static str) -> &'db rocksdb::ColumnFamily {
@@ -93,17 +99,21 @@ impl Shared {
     }
 
     fn get_event(&self, sequence: u64) -> Result<Option<pb::RegistryChange>, StoreError> {
-        let Some(bytes) = self
+        let stored = self
             .db
-            .get_pinned_cf(self.cf(CF_EVENTS), codec::sequence_key(sequence))?
-        else {
-            return Ok(None);
-        };
-        let change = pb::RegistryChange::decode(bytes.as_ref()).map_err(|error| Corrupt {
-            what: "event",
-            why: error.to_string(),
-        })?;
-        Ok(Some(change))
+            .get_pinned_cf(self.cf(CF_EVENTS), codec::sequence_key(sequence))?;
+        Ok(stored
+            .map(|bytes| codec::decode_change(&bytes))
+            .transpose()?)
+    }
+}
+
+/// An event queued for the writer; its outcome arrives once it is durable (or refused).
+pub struct PendingApply(oneshot::Receiver<Result<Applied, ApplyError>>);
+
+impl PendingApply {
+    pub async fn outcome(self) -> Result<Applied, ApplyError> {
+        self.0.await.map_err(|_| ApplyError::Closed)?
     }
 }
 
@@ -117,11 +127,23 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the registry in `data_dir`, rebuilds the index from it and
     /// starts the writer. Blocking: call it before serving, or from `spawn_blocking`.
+    ///
+    /// A data dir that is damaged, is not an idguard registry, or holds another schema version is
+    /// refused with a message saying so: it is never silently replaced by an empty registry.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|error| StoreError::Open {
+        let refuse = |why: String| StoreError::DataDir {
             path: data_dir.to_owned(),
-            why: error.to_string(),
-        })?;
+            why,
+        };
+        let is_new = is_new_data_dir(data_dir).map_err(|error| refuse(error.to_string()))?;
+        if !is_new && !data_dir.join("CURRENT").exists() {
+            return Err(refuse(
+                "it holds files but no RocksDB CURRENT file: it is not an idguard registry, or it \
+                 is damaged; refusing to create a registry over it"
+                    .into(),
+            ));
+        }
+        std::fs::create_dir_all(data_dir).map_err(|error| refuse(error.to_string()))?;
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -131,20 +153,24 @@ impl Store {
         family.set_block_based_table_factory(&table);
         family.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut options = family.clone();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
+        options.create_if_missing(is_new);
+        options.create_missing_column_families(is_new);
         options.increase_parallelism(2);
         let families = COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, family.clone()));
-        let db = DB::open_cf_descriptors(&options, data_dir, families)?;
+        let db = DB::open_cf_descriptors(&options, data_dir, families)
+            .map_err(|error| refuse(format!("cannot open the registry: {error}")))?;
+        check_schema(&db, is_new).map_err(refuse)?;
 
-        let sequence = AtomicU64::new(last_sequence(&db)?);
+        let last = last_sequence(&db)?;
         let index = rebuild_index(&db)?;
         let shared = Arc::new(Shared {
             db,
             index,
-            sequence,
+            sequence: AtomicU64::new(last),
+            published: watch::Sender::new(last),
+            changes: broadcast::Sender::new(LIVE_CHANGES),
         });
 
         let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
@@ -152,7 +178,7 @@ impl Store {
         let writer_thread = std::thread::Builder::new()
             .name("idguard-writer".into())
             .spawn(move || writer::run(&writer_shared, receiver))
-            .map_err(|error| StoreError::Open {
+            .map_err(|error| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 why: format!("starting the writer thread: {error}"),
             })?;
@@ -163,15 +189,56 @@ impl Store {
         })
     }
 
-    /// Applies one validated event; resolves once it is durable and visible to checks.
-    pub async fn apply(&self, event: ValidEvent) -> Result<Applied, ApplyError> {
+    /// Queues one validated event for the writer, waiting for room in the queue (this is what
+    /// slows down a reporter that sends faster than events become durable). Events queued one
+    /// after the other are applied in that order.
+    pub async fn enqueue(&self, event: ValidEvent) -> Result<PendingApply, ApplyError> {
         let writer = self.writer.as_ref().ok_or(ApplyError::Closed)?;
         let (reply, outcome) = oneshot::channel();
         writer
             .send(writer::Submission { event, reply })
             .await
             .map_err(|_| ApplyError::Closed)?;
-        outcome.await.map_err(|_| ApplyError::Closed)?
+        Ok(PendingApply(outcome))
+    }
+
+    /// Applies one validated event; resolves once it is durable and visible to checks.
+    pub async fn apply(&self, event: ValidEvent) -> Result<Applied, ApplyError> {
+        self.enqueue(event).await?.outcome().await
+    }
+
+    /// Resolves once the published sequence is at least `sequence`.
+    pub async fn reached(&self, sequence: u64) {
+        let mut published = self.shared.published.subscribe();
+        // The sender lives as long as the store, so waiting cannot fail while `self` exists.
+        let _ = published.wait_for(|&published| published >= sequence).await;
+    }
+
+    /// Live changes from now on, each sent once durable and visible, in sequence order. A
+    /// receiver that falls more than a few thousand changes behind gets `Lagged`.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<pb::RegistryChange>> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Up to `limit` recorded events from sequence `from` through `through`, in order. Blocking.
+    pub fn changes(
+        &self,
+        from: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::RegistryChange>, StoreError> {
+        let mut log = self.shared.db.raw_iterator_cf(self.shared.cf(CF_EVENTS));
+        log.seek(codec::sequence_key(from));
+        let mut changes = Vec::new();
+        while let (Some(key), Some(value)) = (log.key(), log.value()) {
+            if codec::decode_sequence(key)? > through || changes.len() == limit {
+                break;
+            }
+            changes.push(codec::decode_change(value)?);
+            log.next();
+        }
+        log.status()?;
+        Ok(changes)
     }
 
     /// The highest sequence whose event is durable and visible to checks.
@@ -246,6 +313,48 @@ impl Drop for Store {
         {
             tracing::error!("the writer thread panicked");
         }
+        // Everything is in the synced WAL already; flushing memtables only spares the next start
+        // a WAL replay.
+        for name in COLUMN_FAMILIES {
+            if let Err(error) = self.shared.db.flush_cf(self.shared.cf(name)) {
+                tracing::warn!(%error, family = name, "flushing memtables at close");
+            }
+        }
+    }
+}
+
+/// The default column family's key for the schema version of the data dir.
+const SCHEMA_KEY: &[u8] = b"idguard.schema";
+/// The layout of keys and values this code reads and writes (`codec`).
+const SCHEMA_VERSION: &[u8] = b"1";
+
+/// Whether `data_dir` is missing or empty, so that a registry may be created in it.
+fn is_new_data_dir(data_dir: &Path) -> std::io::Result<bool> {
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(error) => Err(error),
+    }
+}
+
+/// Marks a new registry with the schema version, or checks an existing one's mark.
+fn check_schema(db: &DB, is_new: bool) -> Result<(), String> {
+    if is_new {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        return db
+            .put_opt(SCHEMA_KEY, SCHEMA_VERSION, &sync)
+            .map_err(|error| format!("writing the schema version: {error}"));
+    }
+    match db.get(SCHEMA_KEY) {
+        Ok(Some(version)) if version == SCHEMA_VERSION => Ok(()),
+        Ok(Some(version)) => Err(format!(
+            "it holds registry schema version {:?}, and this idguard reads version {:?} only",
+            String::from_utf8_lossy(&version),
+            String::from_utf8_lossy(SCHEMA_VERSION)
+        )),
+        Ok(None) => Err("it is a RocksDB database without an idguard schema mark".into()),
+        Err(error) => Err(format!("reading the schema version: {error}")),
     }
 }
 

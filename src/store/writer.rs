@@ -6,7 +6,9 @@
 //! sequence and answers each submitter. One WAL sync serves every event of the group, and a failed
 //! write answers every event of the group with an error and changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prost::Message;
 use rocksdb::{WriteBatch, WriteOptions};
@@ -57,14 +59,14 @@ pub(super) fn run(shared: &Shared, mut queue: mpsc::Receiver<Submission>) {
 }
 
 fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
-    let first_new = shared.sequence.load(std::sync::atomic::Ordering::Acquire) + 1;
+    let first_new = shared.sequence.load(Ordering::Acquire) + 1;
     let mut overlay = Overlay::new(shared, first_new, OffsetDateTime::now_utc());
     let outcomes: Vec<_> = group
         .iter()
         .map(|submission| overlay.apply(&submission.event))
         .collect();
     let last = overlay.next_sequence - 1;
-    let (batch, touched) = overlay.into_batch();
+    let (batch, touched, changes) = overlay.into_batch();
     let written = if batch.is_empty() {
         Ok(())
     } else {
@@ -72,10 +74,14 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     };
     match written {
         Ok(()) => {
+            // Visible to checks (index, then sequence) and to watchers before anyone is told.
             shared.index.insert(touched);
-            shared
-                .sequence
-                .store(last, std::sync::atomic::Ordering::Release);
+            shared.sequence.store(last, Ordering::Release);
+            shared.published.send_replace(last);
+            for change in changes {
+                // No watcher listening is fine.
+                let _ = shared.changes.send(Arc::new(change));
+            }
             for (submission, outcome) in group.into_iter().zip(outcomes) {
                 // A submitter that gave up waiting is no reason to stop.
                 let _ = submission.reply.send(outcome);
@@ -103,7 +109,7 @@ struct Overlay<'a> {
     shared: &'a Shared,
     next_sequence: u64,
     recorded_at: OffsetDateTime,
-    events: HashMap<u64, pb::RegistryChange>,
+    events: BTreeMap<u64, pb::RegistryChange>,
     reports: HashMap<ReportId, ReportSlot>,
     citizens: HashMap<CitizenNumber, CitizenState>,
     /// Withdrawals accepted in this group whose target is not registered yet.
@@ -116,7 +122,7 @@ impl<'a> Overlay<'a> {
             shared,
             next_sequence,
             recorded_at,
-            events: HashMap::new(),
+            events: BTreeMap::new(),
             reports: HashMap::new(),
             citizens: HashMap::new(),
             pending_withdrawals: Vec::new(),
@@ -299,8 +305,9 @@ impl<'a> Overlay<'a> {
             })
     }
 
-    /// The group as one write batch, and the numbers it gives records to.
-    fn into_batch(self) -> (WriteBatch, Vec<CitizenNumber>) {
+    /// The group as one write batch, the numbers it gives records to, and its new events in
+    /// sequence order.
+    fn into_batch(self) -> (WriteBatch, Vec<CitizenNumber>, Vec<pb::RegistryChange>) {
         let shared = self.shared;
         let mut batch = WriteBatch::default();
         for (sequence, change) in &self.events {
@@ -331,7 +338,7 @@ impl<'a> Overlay<'a> {
                 touched.push(*number);
             }
         }
-        (batch, touched)
+        (batch, touched, self.events.into_values().collect())
     }
 }
 

@@ -2,8 +2,10 @@
 //! temp dir, generated tonic clients, and builders for wire events.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 
 use idguard::proto::v1::registry_client::RegistryClient;
@@ -70,6 +72,65 @@ impl TestServer {
     }
 }
 
+/// The `idguard` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_idguard");
+
+/// `idguard serve` as a child process on an ephemeral port; killed when dropped.
+pub struct ChildServer {
+    pub child: Child,
+    pub url: String,
+}
+
+impl ChildServer {
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("idguard serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first line");
+        let address = line
+            .trim()
+            .strip_prefix("idguard listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    /// Runs a client command against this server.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.url])
+            .output()
+            .expect("idguard runs")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Builds a valid 18-character number from its first 17 digits.
 pub fn number(first17: &str) -> String {
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
@@ -133,4 +194,25 @@ pub fn withdrawn(target: &str) -> Kind {
         withdrawn_report_id: target.into(),
         note: "reported in error".into(),
     })
+}
+
+/// The `k`-th of a large supply of distinct valid numbers.
+pub fn nth_number(k: u64) -> String {
+    let born = time::macros::date!(1950 - 01 - 01) + time::Duration::days((k / 900) as i64);
+    number(&format!(
+        "440305{:04}{:02}{:02}{:03}",
+        born.year(),
+        u8::from(born.month()),
+        born.day(),
+        k % 900 + 100
+    ))
+}
+
+/// A loss report on the `k`-th number, with report id `{prefix}{k}`.
+pub fn loss(prefix: &str, k: u64) -> pb::RegistryEvent {
+    event(
+        &format!("{prefix}{k}"),
+        time::macros::datetime!(2025-06-01 08:00 UTC),
+        reported(card(&nth_number(k), "20150101", ""), pb::LossKind::Lost),
+    )
 }
