@@ -100,6 +100,8 @@ pub enum Rule {
     InFuture,
     #[error("is not a valid timestamp")]
     BadTimestamp,
+    #[error("is {0:?}; expected lost, stolen, issued, revoked, cancelled or withdrawn")]
+    UnknownKind(String),
     #[error("must name another event than this one")]
     WithdrawsItself,
     #[error("names a withdrawal; a withdrawal cannot be withdrawn (report the card again instead)")]

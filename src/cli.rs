@@ -43,6 +43,8 @@ pub enum Command {
     /// Send a registry event (one subcommand per kind).
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Write a synthetic registry export and a check workload (deterministic for a seed).
+    Gen(GenArgs),
     /// Show every card known for a number and every event that touched it.
     Record {
         /// 18-character citizen number.
@@ -50,6 +52,34 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Directory for `events.ndjson` / `events.csv` and `queries.csv`; created when missing.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Number of events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The day the registry is generated as of, YYYYMMDD (fixed by default, for determinism).
+    #[arg(long, value_parser = parse_day, default_value = "20261101")]
+    pub as_of: time::Date,
+    /// Export formats to write (repeat for both).
+    #[arg(long, value_enum, default_values_t = [crate::synthetic::Format::Ndjson])]
+    pub format: Vec<crate::synthetic::Format>,
+    /// Number of checks in `queries.csv`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub queries: u64,
+    /// Share of the checks that present a card the export reports lost, stolen or revoked.
+    #[arg(long, default_value_t = 0.01)]
+    pub hit_fraction: f64,
+}
+
+fn parse_day(text: &str) -> Result<time::Date, String> {
+    crate::card::parse_date(text).map_err(|rule| rule.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +253,11 @@ pub enum CliError {
     Rpc(tonic::Status),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn status_name(code: Code) -> &'static str {
@@ -247,7 +282,7 @@ impl CliError {
                 Code::AlreadyExists => 5,
                 _ => 6,
             },
-            Self::Serve(_) => 6,
+            Self::Serve(_) | Self::Write { .. } => 6,
         }
     }
 }
@@ -279,6 +314,31 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
     match command {
         Command::Serve(config) => {
             crate::server::run(config).await?;
+            Ok(0)
+        }
+        Command::Gen(args) => {
+            let started = std::time::Instant::now();
+            let generator = crate::synthetic::Generator::new(args.seed, args.as_of);
+            crate::synthetic::generate(
+                &args.out,
+                &generator,
+                args.count,
+                &args.format,
+                args.queries,
+                args.hit_fraction,
+            )
+            .map_err(|source| CliError::Write {
+                path: args.out.clone(),
+                source,
+            })?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "wrote {} events and {} queries to {} in {seconds:.1} s ({:.0} events/s)",
+                args.count,
+                args.queries,
+                args.out.display(),
+                args.count as f64 / seconds.max(1e-9)
+            );
             Ok(0)
         }
         Command::Check { card, server } => {

@@ -162,3 +162,75 @@ fn serve_stops_cleanly_on_sigterm_and_keeps_its_data() {
         1
     );
 }
+
+/// `idguard gen` writes an export every event of which the server accepts, and a workload whose
+/// `has_record` flags agree with the loaded registry.
+#[test]
+fn a_generated_export_loads_and_its_workload_agrees() {
+    let out = tempfile::tempdir().unwrap();
+    let generated = std::process::Command::new(BIN)
+        .args([
+            "gen",
+            "--count",
+            "3000",
+            "--queries",
+            "300",
+            "--hit-fraction",
+            "0.3",
+        ])
+        .args(["--format", "ndjson", "--format", "csv", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&generated), 0, "{generated:?}");
+    let ndjson = std::fs::read_to_string(out.path().join("events.ndjson")).unwrap();
+    let records: Vec<idguard::export::ExportRecord> = ndjson
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3000);
+    let from_csv: Vec<idguard::export::ExportRecord> =
+        csv::Reader::from_path(out.path().join("events.csv"))
+            .unwrap()
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(from_csv, records);
+
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = served.channel().await;
+        let mut registry = idguard::proto::v1::registry_client::RegistryClient::new(channel);
+        let events: Vec<_> = records.iter().map(|r| r.to_wire().unwrap()).collect();
+        let mut acks = registry
+            .submit(tokio_stream::iter(events))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut accepted = 0;
+        while let Some(ack) = acks.message().await.unwrap() {
+            assert!(ack.error.is_none(), "{ack:?}");
+            accepted += 1;
+        }
+        assert_eq!(accepted, 3000);
+
+        let queries: Vec<idguard::export::QueryRecord> =
+            csv::Reader::from_path(out.path().join("queries.csv"))
+                .unwrap()
+                .deserialize()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        assert_eq!(queries.len(), 300);
+        assert!(queries.iter().filter(|q| q.has_record).count() > 50);
+        for query in queries {
+            let record = registry
+                .get_record(idguard::proto::v1::GetRecordRequest {
+                    id_number: query.id_number.clone(),
+                })
+                .await;
+            assert_eq!(record.is_ok(), query.has_record, "{query:?}: {record:?}");
+        }
+    });
+}
