@@ -45,6 +45,8 @@ pub enum Command {
     Report(ReportCommand),
     /// Write a synthetic registry export and a check workload (deterministic for a seed).
     Gen(GenArgs),
+    /// Drive a running server with a check workload and report throughput and latency.
+    Bench(BenchArgs),
     /// Show every card known for a number and every event that touched it.
     Record {
         /// 18-character citizen number.
@@ -76,6 +78,44 @@ pub struct GenArgs {
     /// Share of the checks that present a card the export reports lost, stolen or revoked.
     #[arg(long, default_value_t = 0.01)]
     pub hit_fraction: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The workload: a `queries.csv` written by `idguard gen`.
+    #[arg(long)]
+    pub queries: std::path::PathBuf,
+    #[arg(long, value_enum, default_value = "unary")]
+    pub mode: crate::loadgen::Mode,
+    /// HTTP/2 connections to open.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Concurrent callers (or streams), spread over the connections.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// Cards per `CheckBatch` call.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Requests in flight on each `CheckStream`.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Offer this many checks/s (open loop); default closed loop, as fast as answers come.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// After a closed-loop run, run at 10% to 90% of its throughput too.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Write the report(s) as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Write a latency-versus-throughput SVG of the sweep here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 fn parse_day(text: &str) -> Result<time::Date, String> {
@@ -253,6 +293,8 @@ pub enum CliError {
     Rpc(tonic::Status),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Load(#[from] crate::loadgen::LoadError),
     #[error("writing {}: {source}", path.display())]
     Write {
         path: std::path::PathBuf,
@@ -282,7 +324,8 @@ impl CliError {
                 Code::AlreadyExists => 5,
                 _ => 6,
             },
-            Self::Serve(_) | Self::Write { .. } => 6,
+            Self::Load(crate::loadgen::LoadError::Connect(..)) => 3,
+            Self::Serve(_) | Self::Write { .. } | Self::Load(_) => 6,
         }
     }
 }
@@ -341,6 +384,10 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             );
             Ok(0)
         }
+        Command::Bench(args) => {
+            bench(args).await?;
+            Ok(0)
+        }
         Command::Check { card, server } => {
             let mut client = VerificationClient::new(connect(&server.server).await?);
             let response = client
@@ -384,6 +431,57 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// `idguard bench`: one run, or a sweep of rates below the closed-loop maximum.
+async fn bench(args: BenchArgs) -> Result<(), CliError> {
+    use crate::loadgen::{LoadPlan, run, svg_plot};
+    let cards = std::sync::Arc::new(crate::loadgen::read_workload(&args.queries)?);
+    let plan = LoadPlan {
+        mode: args.mode,
+        connections: args.connections,
+        workers: args.workers,
+        batch_size: args.batch_size.max(1),
+        window: args.window.max(1),
+        duration: std::time::Duration::from_secs_f64(args.seconds),
+        rate: args.rate,
+    };
+    let first = run(
+        &args.server.server,
+        plan.clone(),
+        std::sync::Arc::clone(&cards),
+    )
+    .await?;
+    println!("{first}");
+    let mut reports = vec![first];
+    if args.sweep {
+        let max = reports[0].checks_per_second;
+        for share in [0.1, 0.25, 0.5, 0.75, 0.9] {
+            let plan = LoadPlan {
+                rate: Some(max * share),
+                ..plan.clone()
+            };
+            let report = run(&args.server.server, plan, std::sync::Arc::clone(&cards)).await?;
+            println!("{report}");
+            reports.push(report);
+        }
+        reports.sort_by(|a, b| a.checks_per_second.total_cmp(&b.checks_per_second));
+    }
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).map_err(|source| CliError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
+        write(path, json)?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("idguard {:?}: latency per call vs throughput", args.mode);
+        write(path, svg_plot(&title, &reports))?;
+    }
+    Ok(())
 }
 
 fn china_time(at: Option<&prost_types::Timestamp>) -> String {

@@ -14,6 +14,7 @@ pub mod event;
 pub mod export;
 pub mod feed;
 pub mod index;
+pub mod loadgen;
 pub mod proto;
 pub mod registry;
 pub mod server;

@@ -234,3 +234,62 @@ fn a_generated_export_loads_and_its_workload_agrees() {
         }
     });
 }
+
+/// `idguard bench` drives a real server in every mode, and writes JSON and an SVG sweep.
+#[test]
+fn the_load_harness_measures_every_mode() {
+    let out = tempfile::tempdir().unwrap();
+    let generated = std::process::Command::new(BIN)
+        .args(["gen", "--count", "500", "--queries", "200", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&generated), 0, "{generated:?}");
+    let queries = out.path().join("queries.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    for mode in ["unary", "batch", "stream"] {
+        let json = out.path().join(format!("{mode}.json"));
+        let mut args = vec![
+            "bench",
+            "--mode",
+            mode,
+            "--seconds",
+            "0.3",
+            "--workers",
+            "4",
+        ];
+        args.extend(["--batch-size", "50", "--queries"]);
+        let mut command = std::process::Command::new(BIN);
+        command.args(&args).arg(&queries).arg("--json").arg(&json);
+        if mode == "unary" {
+            command
+                .args(["--sweep", "--plot"])
+                .arg(out.path().join("sweep.svg"));
+        }
+        let output = command.args(["--server", &served.url]).output().unwrap();
+        assert_eq!(code(&output), 0, "{output:?}");
+        let reports: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(
+            reports.len(),
+            if mode == "unary" { 6 } else { 1 },
+            "{reports:?}"
+        );
+        for report in &reports {
+            assert_eq!(report["errors"], 0, "{report}");
+            assert!(report["checks"].as_u64().unwrap() > 0, "{report}");
+            assert!(report["p99_us"].as_f64().unwrap() >= report["p50_us"].as_f64().unwrap());
+        }
+    }
+    let svg = std::fs::read_to_string(out.path().join("sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    let points = svg
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 6, "{svg}");
+}
