@@ -9,9 +9,10 @@
 //! The table grows by 1.7x when 85% full, which keeps it between 50% and 85% full: 9.4 to 16 bytes
 //! per number with records.
 
+use std::io::{self, Read, Write};
 use std::sync::RwLock;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::card::CitizenNumber;
 
@@ -19,6 +20,17 @@ const SLOTS_PER_BUCKET: usize = 8;
 const MIN_BUCKETS: usize = 64;
 /// Marks an empty slot: no valid number packs to 0 (province codes start at 11).
 const EMPTY: u64 = 0;
+
+/// Slots per read or write when the table is saved or loaded.
+const SLOT_CHUNK: usize = 1 << 17;
+
+/// What it takes to read saved slots back: see [`RecordIndex::write_slots`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotsHeader {
+    pub numbers: u64,
+    pub buckets: u64,
+    pub checksum: u64,
+}
 
 /// A 64-byte bucket of slots, aligned so that probing it reads one cache line.
 #[derive(Clone, Copy, Default)]
@@ -136,6 +148,70 @@ impl RecordIndex {
         self.len() == 0
     }
 
+    /// Writes the table's slots (little-endian `u64`s, bucket by bucket) to `out`, and returns
+    /// what [`RecordIndex::read_slots`] needs to read them back: the number of numbers, of
+    /// buckets, and the xxh3 checksum of the bytes written.
+    pub fn write_slots(&self, out: &mut impl Write) -> io::Result<SlotsHeader> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut checksum = Xxh3::new();
+        let mut chunk = Vec::with_capacity(SLOT_CHUNK * 8);
+        for buckets in table.buckets.chunks(SLOT_CHUNK / SLOTS_PER_BUCKET) {
+            chunk.clear();
+            for slot in buckets.iter().flat_map(|bucket| bucket.0) {
+                chunk.extend_from_slice(&slot.to_le_bytes());
+            }
+            checksum.update(&chunk);
+            out.write_all(&chunk)?;
+        }
+        Ok(SlotsHeader {
+            numbers: table.len as u64,
+            buckets: table.buckets.len() as u64,
+            checksum: checksum.digest(),
+        })
+    }
+
+    /// Reads back what [`RecordIndex::write_slots`] wrote, refusing it unless the bucket count is
+    /// plausible, the checksum matches and the count of numbers is right.
+    pub fn read_slots(input: &mut impl Read, header: SlotsHeader) -> io::Result<Self> {
+        let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+        let buckets = usize::try_from(header.buckets)
+            .ok()
+            .filter(|&buckets| buckets >= MIN_BUCKETS && buckets <= (1 << 34))
+            .ok_or_else(|| invalid("implausible bucket count"))?;
+        let mut table = Table::with_buckets(buckets);
+        let mut checksum = Xxh3::new();
+        let mut chunk = vec![0u8; SLOT_CHUNK * 8];
+        for buckets in table.buckets.chunks_mut(SLOT_CHUNK / SLOTS_PER_BUCKET) {
+            let bytes = &mut chunk[..buckets.len() * SLOTS_PER_BUCKET * 8];
+            input.read_exact(bytes)?;
+            checksum.update(bytes);
+            for (slot, raw) in buckets
+                .iter_mut()
+                .flat_map(|bucket| bucket.0.iter_mut())
+                .zip(bytes.chunks_exact(8))
+            {
+                *slot = u64::from_le_bytes(raw.try_into().unwrap_or_default());
+            }
+        }
+        if checksum.digest() != header.checksum {
+            return Err(invalid("checksum mismatch"));
+        }
+        table.len = table
+            .buckets
+            .iter()
+            .map(|bucket| bucket.0.iter().filter(|&&slot| slot != EMPTY).count())
+            .sum();
+        if table.len as u64 != header.numbers || table.is_too_full() {
+            return Err(invalid("count of numbers does not match"));
+        }
+        Ok(Self {
+            table: RwLock::new(table),
+        })
+    }
+
     /// The memory the table itself occupies, in bytes.
     pub fn table_bytes(&self) -> usize {
         let table = self
@@ -162,6 +238,30 @@ mod tests {
         assert_eq!(index.len(), 50_000);
         assert!((0..50_000).all(|i| index.may_have_record(number(i))));
         assert!((50_000..100_000).all(|i| !index.may_have_record(number(i))));
+    }
+
+    #[test]
+    fn saved_slots_read_back_identical_and_damage_is_refused() {
+        let index = RecordIndex::default();
+        index.insert((0..30_000).map(number));
+        let mut bytes = Vec::new();
+        let header = index.write_slots(&mut bytes).unwrap();
+        assert_eq!(header.numbers, 30_000);
+        let loaded = RecordIndex::read_slots(&mut bytes.as_slice(), header).unwrap();
+        assert_eq!(loaded.len(), 30_000);
+        assert!((0..30_000).all(|i| loaded.may_have_record(number(i))));
+        assert!((30_000..40_000).all(|i| !loaded.may_have_record(number(i))));
+
+        let mut damaged = bytes.clone();
+        damaged[100] ^= 1;
+        assert!(RecordIndex::read_slots(&mut damaged.as_slice(), header).is_err());
+        let short = &bytes[..bytes.len() - 8];
+        assert!(RecordIndex::read_slots(&mut &short[..], header).is_err());
+        let wrong_count = SlotsHeader {
+            numbers: 29_999,
+            ..header
+        };
+        assert!(RecordIndex::read_slots(&mut bytes.as_slice(), wrong_count).is_err());
     }
 
     #[test]

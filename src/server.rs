@@ -79,6 +79,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         data_dir = %config.data_dir.display(),
         sequence = store.sequence(),
         numbers_with_records = store.index().len(),
+        index = ?store.index_origin(),
         "registry open"
     );
     let listener = TcpListener::bind(config.listen)

@@ -307,3 +307,97 @@ fn another_schema_version_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("schema version \"99\""), "{stderr}");
 }
+
+fn origin_after_reopen(dir: &std::path::Path) -> (idguard::store::IndexOrigin, Store) {
+    let store = Store::open(dir).unwrap();
+    (store.index_origin().clone(), store)
+}
+
+/// A clean stop saves the index; the next start loads it, replays what a crash left after it,
+/// and a damaged or foreign copy is never used.
+#[test]
+fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
+    use idguard::store::IndexOrigin;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let apply = |store: &Store, range: std::ops::Range<u64>| {
+        runtime.block_on(async {
+            let now = time::OffsetDateTime::now_utc();
+            for k in range {
+                let valid = idguard::event::validate_event(&loss("i", k), now).unwrap();
+                store.apply(valid).await.unwrap();
+            }
+        })
+    };
+    let lost = |range: std::ops::Range<u64>| -> Vec<bool> {
+        let store = Store::open(dir.path()).unwrap();
+        range
+            .map(|k| {
+                store.may_have_record(
+                    idguard::card::parse_registrable_number(&nth_number(k), time::Date::MAX)
+                        .unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let (origin, store) = origin_after_reopen(dir.path());
+    assert_eq!(origin, IndexOrigin::Rebuilt(None));
+    apply(&store, 0..100);
+    drop(store);
+
+    // Loaded after a clean stop.
+    let (origin, store) = origin_after_reopen(dir.path());
+    assert_eq!(origin, IndexOrigin::Loaded);
+    drop(store);
+
+    // A crash after more events: the saved copy is behind, and the log brings it up to date.
+    let saved = std::fs::read(dir.path().join("idguard-index.snapshot")).unwrap();
+    let (_, store) = origin_after_reopen(dir.path());
+    apply(&store, 100..150);
+    drop(store);
+    std::fs::write(dir.path().join("idguard-index.snapshot"), &saved).unwrap();
+    let (origin, store) = origin_after_reopen(dir.path());
+    assert_eq!(origin, IndexOrigin::Loaded);
+    drop(store);
+    assert!(lost(0..150).into_iter().all(|found| found));
+
+    // Damaged: rebuilt.
+    let mut damaged = std::fs::read(dir.path().join("idguard-index.snapshot")).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xFF;
+    std::fs::write(dir.path().join("idguard-index.snapshot"), &damaged).unwrap();
+    let (origin, store) = origin_after_reopen(dir.path());
+    assert!(
+        matches!(origin, IndexOrigin::Rebuilt(Some(ref why)) if why.contains("checksum")),
+        "{origin:?}"
+    );
+    drop(store);
+
+    // From another registry with as many events: rebuilt, and only this registry's numbers found.
+    let other = tempfile::tempdir().unwrap();
+    let store = Store::open(other.path()).unwrap();
+    runtime.block_on(async {
+        let now = time::OffsetDateTime::now_utc();
+        for k in 1000..1150 {
+            store
+                .apply(idguard::event::validate_event(&loss("o", k), now).unwrap())
+                .await
+                .unwrap();
+        }
+    });
+    drop(store);
+    std::fs::copy(
+        other.path().join("idguard-index.snapshot"),
+        dir.path().join("idguard-index.snapshot"),
+    )
+    .unwrap();
+    let (origin, store) = origin_after_reopen(dir.path());
+    assert!(
+        matches!(origin, IndexOrigin::Rebuilt(Some(ref why)) if why.contains("another event log")),
+        "{origin:?}"
+    );
+    drop(store);
+    assert!(lost(0..150).into_iter().all(|found| found));
+    assert!(lost(1000..1150).into_iter().all(|found| !found));
+}

@@ -13,6 +13,7 @@
 //! `spawn_blocking` (see [`crate::check`]).
 
 mod codec;
+mod snapshot;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -108,6 +109,15 @@ impl Shared {
     }
 }
 
+/// Where the index came from at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// Loaded from the copy saved at the last clean stop, and brought up to date from the log.
+    Loaded,
+    /// Rebuilt from every citizen key: there was no saved copy, or it was not used (why).
+    Rebuilt(Option<String>),
+}
+
 /// An event queued for the writer; its outcome arrives once it is durable (or refused).
 pub struct PendingApply(oneshot::Receiver<Result<Applied, ApplyError>>);
 
@@ -120,6 +130,8 @@ impl PendingApply {
 /// The registry's durable state and the index that caches it.
 pub struct Store {
     shared: Arc<Shared>,
+    data_dir: PathBuf,
+    index_origin: IndexOrigin,
     writer: Option<mpsc::Sender<writer::Submission>>,
     writer_thread: Option<JoinHandle<()>>,
 }
@@ -164,7 +176,14 @@ impl Store {
         check_schema(&db, is_new).map_err(refuse)?;
 
         let last = last_sequence(&db)?;
-        let index = rebuild_index(&db)?;
+        let (index, index_origin) = match snapshot::load(data_dir, &db, last) {
+            Ok(Some(index)) => (index, IndexOrigin::Loaded),
+            Ok(None) => (rebuild_index(&db)?, IndexOrigin::Rebuilt(None)),
+            Err(why) => {
+                tracing::warn!(%why, "not using the saved index; rebuilding it from the registry");
+                (rebuild_index(&db)?, IndexOrigin::Rebuilt(Some(why)))
+            }
+        };
         let shared = Arc::new(Shared {
             db,
             index,
@@ -184,6 +203,8 @@ impl Store {
             })?;
         Ok(Self {
             shared,
+            data_dir: data_dir.to_owned(),
+            index_origin,
             writer: Some(sender),
             writer_thread: Some(writer_thread),
         })
@@ -249,6 +270,11 @@ impl Store {
     /// Whether the number may have a record; `false` is exact and costs no I/O.
     pub fn may_have_record(&self, number: CitizenNumber) -> bool {
         self.shared.index.may_have_record(number)
+    }
+
+    /// Where the index came from at open.
+    pub fn index_origin(&self) -> &IndexOrigin {
+        &self.index_origin
     }
 
     /// The index, for its size figures.
@@ -319,6 +345,16 @@ impl Drop for Store {
             if let Err(error) = self.shared.db.flush_cf(self.shared.cf(name)) {
                 tracing::warn!(%error, family = name, "flushing memtables at close");
             }
+        }
+        // Spares the next start a scan of every citizen key.
+        let sequence = self.sequence();
+        if let Err(why) = snapshot::save(
+            &self.data_dir,
+            &self.shared.db,
+            &self.shared.index,
+            sequence,
+        ) {
+            tracing::warn!(%why, "the next start will rebuild the index");
         }
     }
 }
