@@ -179,7 +179,7 @@ impl RecordIndex {
         let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
         let buckets = usize::try_from(header.buckets)
             .ok()
-            .filter(|&buckets| buckets >= MIN_BUCKETS && buckets <= (1 << 34))
+            .filter(|buckets| (MIN_BUCKETS..=(1 << 34)).contains(buckets))
             .ok_or_else(|| invalid("implausible bucket count"))?;
         let mut table = Table::with_buckets(buckets);
         let mut checksum = Xxh3::new();
