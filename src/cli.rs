@@ -43,6 +43,15 @@ pub enum Command {
     /// Send a registry event (one subcommand per kind).
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Send export files (NDJSON, or CSV by a `.csv` name) over `Submit`, as a reporter replaying
+    /// a backlog would; refused records are listed with their line (exit 2 if any).
+    Submit {
+        /// Export files, sent in order.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Write a synthetic registry export and a check workload (deterministic for a seed).
     Gen(GenArgs),
     /// Drive a running server with a check workload and report throughput and latency.
@@ -295,6 +304,11 @@ pub enum CliError {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Load(#[from] crate::loadgen::LoadError),
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing {}: {source}", path.display())]
     Write {
         path: std::path::PathBuf,
@@ -325,6 +339,7 @@ impl CliError {
                 _ => 6,
             },
             Self::Load(crate::loadgen::LoadError::Connect(..)) => 3,
+            Self::Read { .. } => 2,
             Self::Serve(_) | Self::Write { .. } | Self::Load(_) => 6,
         }
     }
@@ -384,6 +399,10 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             );
             Ok(0)
         }
+        Command::Submit { files, server } => {
+            let channel = connect(&server.server).await?;
+            submit_files(RegistryClient::new(channel), &files).await
+        }
         Command::Bench(args) => {
             bench(args).await?;
             Ok(0)
@@ -431,6 +450,82 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// Where a submitted record came from, to name it in a refusal.
+struct Origin {
+    file: std::path::PathBuf,
+    line: u64,
+}
+
+/// `idguard submit`: streams every record of `files` and reports refusals by file and line.
+async fn submit_files(
+    mut client: RegistryClient<Channel>,
+    files: &[std::path::PathBuf],
+) -> Result<u8, CliError> {
+    let started = std::time::Instant::now();
+    let (events, outgoing) = tokio::sync::mpsc::channel(1024);
+    let (origins, mut sent) = tokio::sync::mpsc::unbounded_channel::<Origin>();
+    let mut acks = client
+        .submit(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    let files = files.to_owned();
+    let reader = tokio::task::spawn_blocking(move || -> Result<u64, CliError> {
+        let mut refused_here = 0;
+        for file in files {
+            let records = crate::export::read_records(&file).map_err(|source| CliError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            for (line, record) in records {
+                match record.and_then(|record| record.to_wire().map_err(|e| e.to_string())) {
+                    Ok(event) => {
+                        let origin = Origin {
+                            file: file.clone(),
+                            line,
+                        };
+                        if origins.send(origin).is_err() || events.blocking_send(event).is_err() {
+                            return Ok(refused_here);
+                        }
+                    }
+                    Err(why) => {
+                        eprintln!("{}:{line}: {why}", file.display());
+                        refused_here += 1;
+                    }
+                }
+            }
+        }
+        Ok(refused_here)
+    });
+    let (mut accepted, mut duplicates, mut refused) = (0u64, 0u64, 0u64);
+    while let Some(ack) = acks.message().await? {
+        let origin = sent.recv().await;
+        match (&ack.error, origin) {
+            (Some(error), Some(origin)) => {
+                eprintln!(
+                    "{}:{}: {}: {}",
+                    origin.file.display(),
+                    origin.line,
+                    ack.report_id,
+                    error.message
+                );
+                refused += 1;
+            }
+            (Some(_), None) => refused += 1,
+            (None, _) if ack.duplicate => duplicates += 1,
+            (None, _) => accepted += 1,
+        }
+    }
+    refused += reader
+        .await
+        .map_err(|error| CliError::Rpc(tonic::Status::internal(error.to_string())))??;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{accepted} accepted, {duplicates} duplicates, {refused} refused in {seconds:.1} s ({:.0} events/s)",
+        (accepted + duplicates) as f64 / seconds.max(1e-9)
+    );
+    Ok(if refused == 0 { 0 } else { 2 })
 }
 
 /// `idguard bench`: one run, or a sweep of rates below the closed-loop maximum.

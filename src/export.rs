@@ -89,6 +89,46 @@ impl ExportRecord {
     }
 }
 
+/// Reads an export file, NDJSON or (by a `.csv` name) CSV, as `(line number, record)` pairs; a
+/// record that cannot be read says why.
+pub fn read_records(
+    path: &std::path::Path,
+) -> std::io::Result<Box<dyn Iterator<Item = (u64, Result<ExportRecord, String>)>>> {
+    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    if path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"))
+    {
+        let mut reader = csv::Reader::from_reader(file);
+        let headers = reader.headers().map_err(std::io::Error::other)?.clone();
+        let line = |position: Option<&csv::Position>| position.map_or(0, csv::Position::line);
+        let records = reader.into_records().map(move |record| match record {
+            Ok(record) => (
+                line(record.position()),
+                record
+                    .deserialize(Some(&headers))
+                    .map_err(|error| error.to_string()),
+            ),
+            Err(error) => (line(error.position()), Err(error.to_string())),
+        });
+        Ok(Box::new(records))
+    } else {
+        use std::io::BufRead;
+        let lines = file
+            .lines()
+            .zip(1u64..)
+            .filter_map(|(line, number)| match line {
+                Ok(line) if line.trim().is_empty() => None,
+                Ok(line) => Some((
+                    number,
+                    serde_json::from_str::<ExportRecord>(&line).map_err(|error| error.to_string()),
+                )),
+                Err(error) => Some((number, Err(error.to_string()))),
+            });
+        Ok(Box::new(lines))
+    }
+}
+
 /// One query of a check workload: a card, and whether the registry has a record of its number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryRecord {

@@ -199,23 +199,45 @@ fn a_generated_export_loads_and_its_workload_agrees() {
 
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path());
+    let ndjson_path = out.path().join("events.ndjson");
+    let submitted = served.run(&["submit", ndjson_path.to_str().unwrap()]);
+    assert_eq!(code(&submitted), 0, "{submitted:?}");
+    assert!(
+        stdout(&submitted).starts_with("3000 accepted, 0 duplicates, 0 refused"),
+        "{submitted:?}"
+    );
+
+    // The CSV carries the same events: all duplicates now. A damaged copy names its bad lines.
+    let csv_path = out.path().join("events.csv");
+    let again = served.run(&["submit", csv_path.to_str().unwrap()]);
+    assert!(
+        stdout(&again).starts_with("0 accepted, 3000 duplicates"),
+        "{again:?}"
+    );
+    let damaged = out.path().join("damaged.csv");
+    let mut lines: Vec<String> = std::fs::read_to_string(&csv_path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines[5] = lines[5].replacen("-PSB", "-P S B", 1);
+    lines[9] = lines[9]
+        .replacen(",lost,", ",misplaced,", 1)
+        .replacen(",issued,", ",misplaced,", 1);
+    std::fs::write(&damaged, lines.join("\n") + "\n").unwrap();
+    let refused = served.run(&["submit", damaged.to_str().unwrap()]);
+    assert_eq!(code(&refused), 2, "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("damaged.csv:6: ") && stderr.contains("authority"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("damaged.csv:10: kind"), "{stderr}");
+
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let channel = served.channel().await;
         let mut registry = idguard::proto::v1::registry_client::RegistryClient::new(channel);
-        let events: Vec<_> = records.iter().map(|r| r.to_wire().unwrap()).collect();
-        let mut acks = registry
-            .submit(tokio_stream::iter(events))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut accepted = 0;
-        while let Some(ack) = acks.message().await.unwrap() {
-            assert!(ack.error.is_none(), "{ack:?}");
-            accepted += 1;
-        }
-        assert_eq!(accepted, 3000);
-
         let queries: Vec<idguard::export::QueryRecord> =
             csv::Reader::from_path(out.path().join("queries.csv"))
                 .unwrap()
