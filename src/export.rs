@@ -89,11 +89,11 @@ impl ExportRecord {
     }
 }
 
-/// Reads an export file, NDJSON or (by a `.csv` name) CSV, as `(line number, record)` pairs; a
-/// record that cannot be read says why.
-pub fn read_records(
-    path: &std::path::Path,
-) -> std::io::Result<Box<dyn Iterator<Item = (u64, Result<ExportRecord, String>)>>> {
+/// The records of an export file, each with its line number; one that cannot be read says why.
+pub type NumberedRecords = Box<dyn Iterator<Item = (u64, Result<ExportRecord, String>)>>;
+
+/// Reads an export file, NDJSON or (by a `.csv` name) CSV.
+pub fn read_records(path: &std::path::Path) -> std::io::Result<NumberedRecords> {
     let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     if path
         .extension()
