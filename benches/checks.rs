@@ -14,31 +14,13 @@ use idguard::proto::timestamp;
 use idguard::proto::v1::{self as pb, registry_event::Kind};
 use idguard::registry::verdict;
 use idguard::store::Store;
+use idguard::synthetic::nth_number;
 use time::macros::{date, datetime};
 
 const TODAY: time::Date = date!(2026 - 11 - 22);
 /// Numbers with records in the index and store benches.
 const RECORDS: u64 = 1_000_000;
 const STORE_RECORDS: u64 = 100_000;
-
-/// The `k`-th of many distinct valid numbers, as text.
-fn nth_number(k: u64) -> String {
-    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let born = date!(1950 - 01 - 01) + time::Duration::days((k / 900) as i64);
-    let digits = format!(
-        "440305{:04}{:02}{:02}{:03}",
-        born.year(),
-        u8::from(born.month()),
-        born.day(),
-        k % 900 + 100
-    );
-    let sum: u32 = digits
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(b, w)| u32::from(b - b'0') * w)
-        .sum();
-    format!("{digits}{}", b"10X98765432"[(sum % 11) as usize] as char)
-}
 
 fn presented(k: u64) -> PresentedCard {
     let id = nth_number(k);

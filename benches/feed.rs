@@ -20,21 +20,7 @@ use tonic::transport::Channel;
 
 /// A distinct valid loss report for every `k`.
 fn report(k: u64) -> pb::RegistryEvent {
-    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let born = time::macros::date!(1950 - 01 - 01) + time::Duration::days((k / 900) as i64);
-    let digits = format!(
-        "440305{:04}{:02}{:02}{:03}",
-        born.year(),
-        u8::from(born.month()),
-        born.day(),
-        k % 900 + 100
-    );
-    let sum: u32 = digits
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(b, w)| u32::from(b - b'0') * w)
-        .sum();
-    let id_number = format!("{digits}{}", b"10X98765432"[(sum % 11) as usize] as char);
+    let id_number = idguard::synthetic::nth_number(k);
     pb::RegistryEvent {
         report_id: format!("bench-{k}"),
         authority: "440305".into(),

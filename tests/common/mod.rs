@@ -131,16 +131,14 @@ impl Drop for ChildServer {
     }
 }
 
+pub use idguard::synthetic::nth_number;
+
 /// Builds a valid 18-character number from its first 17 digits.
 pub fn number(first17: &str) -> String {
-    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = first17
-        .chars()
-        .zip(WEIGHTS)
-        .map(|(c, w)| c.to_digit(10).expect("digit") * w)
-        .sum();
-    let check = b"10X98765432"[(sum % 11) as usize] as char;
-    format!("{first17}{check}")
+    let packed = first17.parse().expect("17 digits");
+    idguard::card::CitizenNumber::from_packed(packed)
+        .expect("17 digits")
+        .to_string()
 }
 
 pub fn card(id: &str, issued: &str, expires: &str) -> pb::CardRef {
@@ -194,18 +192,6 @@ pub fn withdrawn(target: &str) -> Kind {
         withdrawn_report_id: target.into(),
         note: "reported in error".into(),
     })
-}
-
-/// The `k`-th of a large supply of distinct valid numbers.
-pub fn nth_number(k: u64) -> String {
-    let born = time::macros::date!(1950 - 01 - 01) + time::Duration::days((k / 900) as i64);
-    number(&format!(
-        "440305{:04}{:02}{:02}{:03}",
-        born.year(),
-        u8::from(born.month()),
-        born.day(),
-        k % 900 + 100
-    ))
 }
 
 /// A loss report on the `k`-th number, with report id `{prefix}{k}`.
