@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Side by side on this machine, with the same data and the same query workload:
+#   1. an empty tonic Verification handler (the ceiling for a gRPC service here),
+#   2. idguard Check (unary), CheckBatch (1,000 per call) and CheckStream,
+#   3. Redis holding the same invalid cards in a set, queried with SISMEMBER unpipelined and
+#      pipelined (redis-benchmark),
+# then one table: checks/s and p99 for each, the ratios idguard / empty handler and
+# idguard / Redis, and the peak RSS of idguard and of Redis.
+#
+# Usage: benches/compare.sh            (COUNT=10000000 SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare)
+set -euo pipefail
+COUNT=${COUNT:-10000000}
+SECONDS_PER_RUN=${SECONDS:-10}
+WORKERS=${WORKERS:-32}
+WORK=${WORK:-/tmp/idguard-compare}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/idguard/target}
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    else
+        echo "compare.sh needs Redis: sudo apt-get install -y redis-server" >&2
+        exit 1
+    fi
+fi
+
+cargo build --release --quiet
+empty=$(cargo bench --bench empty_server --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "empty_server" and m.get("executable"):
+        print(m["executable"])')
+idguard=$CARGO_TARGET_DIR/release/idguard
+mkdir -p "$WORK"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Starts a server that prints "listening on ADDR" and sets $address and $pid.
+start() {
+    local log=$1; shift
+    "$@" >"$log" 2>"$log.err" &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 1 600); do
+        address=$(sed -n 's/.*listening on \(.*\)$/\1/p' "$log" | head -1)
+        [ -n "$address" ] && return 0
+        sleep 0.1
+    done
+    echo "server did not start: $*" >&2
+    exit 1
+}
+
+peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+
+if [ ! -f "$WORK/events.csv" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUNT" ]; then
+    rm -rf "$WORK/data" "$WORK/loaded"
+    "$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries 1000000 --hit-fraction 0.01
+    echo "$COUNT" > "$WORK/count"
+fi
+
+start "$WORK/idguard.log" "$idguard" serve --listen 127.0.0.1:0 --data-dir "$WORK/data"
+idguard_pid=$pid idguard_url=http://$address
+if [ ! -f "$WORK/loaded" ]; then
+    "$idguard" submit "$WORK/events.csv" --server "$idguard_url"
+    touch "$WORK/loaded"
+fi
+
+bench() { # name url mode
+    "$idguard" bench --queries "$WORK/queries.csv" --server "$2" --mode "$3" --workers "$WORKERS" \
+        --seconds "$SECONDS_PER_RUN" --json "$WORK/$1.json" >/dev/null
+}
+bench idguard-unary "$idguard_url" unary
+bench idguard-batch "$idguard_url" batch
+bench idguard-stream "$idguard_url" stream
+idguard_rss=$(peak_rss_mb "$idguard_pid")
+kill "$idguard_pid"
+
+start "$WORK/empty.log" "$empty" --serve 127.0.0.1:0
+bench empty-unary "http://$address" unary
+bench empty-batch "http://$address" batch
+bench empty-stream "http://$address" stream
+kill "$pid"
+
+# Redis: the same invalid cards (lost, stolen, revoked), as `id_number:issue_date` members.
+redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
+until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+python3 - "$WORK/events.csv" <<'PY' | redis-cli -p "$redis_port" --pipe >/dev/null
+import csv, sys
+def command(*parts):
+    out = [f"*{len(parts)}\r\n"]
+    for part in parts:
+        out.append(f"${len(part.encode())}\r\n{part}\r\n")
+    return "".join(out)
+members = []
+with open(sys.argv[1], newline="") as f:
+    for row in csv.DictReader(f):
+        if row["kind"] in ("lost", "stolen", "revoked"):
+            members.append(f'{row["id_number"]}:{row["issue_date"]}')
+            if len(members) == 1000:
+                sys.stdout.write(command("SADD", "invalid", *members)); members = []
+if members:
+    sys.stdout.write(command("SADD", "invalid", *members))
+PY
+requests=$((SECONDS_PER_RUN * 50000))
+redis-benchmark -p "$redis_port" -c "$WORKERS" -n "$requests" -r 100000000 --csv \
+    SISMEMBER invalid "44030519800101__rand_int__:20150101" > "$WORK/redis-unpipelined.csv"
+redis-benchmark -p "$redis_port" -c "$WORKERS" -n $((requests * 10)) -r 100000000 -P 64 --csv \
+    SISMEMBER invalid "44030519800101__rand_int__:20150101" > "$WORK/redis-pipelined.csv"
+redis_rss=$(peak_rss_mb "$redis_pid")
+redis_members=$(redis-cli -p "$redis_port" scard invalid)
+
+python3 - "$WORK" "$idguard_rss" "$redis_rss" "$redis_members" "$COUNT" <<'PY'
+import csv, json, sys
+work, idguard_rss, redis_rss, members, count = sys.argv[1:]
+def ours(name):
+    report = json.load(open(f"{work}/{name}.json"))[0]
+    return report["checks_per_second"], report["p99_us"] / 1000
+def redis(name):
+    row = list(csv.DictReader(open(f"{work}/redis-{name}.csv")))[-1]
+    return float(row["rps"]), float(row["p99_latency_ms"])
+rows = [(f"empty handler, {m}", ours(f"empty-{m}")) for m in ("unary", "batch", "stream")]
+rows += [(f"idguard, {m}", ours(f"idguard-{m}")) for m in ("unary", "batch", "stream")]
+rows += [(f"Redis SISMEMBER, {m}", redis(m)) for m in ("unpipelined", "pipelined")]
+table = dict(rows)
+print(f"{count} events, {members} invalid cards in Redis; p99 is per call (a batch is 1,000 checks)")
+print(f"{'':32} {'checks/s':>12} {'p99 ms':>9}")
+for name, (rate, p99) in rows:
+    print(f"{name:32} {rate:12.0f} {p99:9.2f}")
+for m in ("unary", "batch", "stream"):
+    print(f"idguard / empty handler, {m}: {table[f'idguard, {m}'][0] / table[f'empty handler, {m}'][0]:.2f}")
+for m in ("batch", "stream"):
+    print(f"idguard {m} / Redis pipelined: {table[f'idguard, {m}'][0] / table['Redis SISMEMBER, pipelined'][0]:.2f}")
+print(f"idguard unary / Redis unpipelined: {table['idguard, unary'][0] / table['Redis SISMEMBER, unpipelined'][0]:.2f}")
+print(f"peak RSS: idguard {idguard_rss} MB, Redis {redis_rss} MB")
+PY
