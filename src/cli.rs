@@ -608,10 +608,7 @@ fn describe_verdict(response: &pb::CheckResponse) -> String {
             response.detail,
             response.sequence
         ),
-        pb::CardStatus::Valid => format!(
-            "VALID    {}  (registry sequence {})",
-            response.detail, response.sequence
-        ),
+        pb::CardStatus::Valid => format!("VALID  (registry sequence {})", response.sequence),
         status => format!("{}  {}", status.as_str_name(), response.detail),
     }
 }

@@ -36,7 +36,7 @@ pub enum Verdict {
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self::Invalid { reason, .. } = self else {
-            return f.write_str("no record invalidates this card");
+            return f.write_str("valid: no record invalidates this card");
         };
         f.write_str(match reason {
             Reason::FirstGeneration => "first-generation card: invalid nationwide since 2013-01-01",
