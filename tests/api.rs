@@ -344,12 +344,7 @@ async fn concurrent_reports_get_gap_free_sequences() {
             sequences
         }));
     }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all.sort_unstable();
-    assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+    assert_gap_free(tasks, 200).await;
     let response = check(&server, card(&number("44030519900125007"), "20150101", "")).await;
     assert_eq!(response.reason(), Reason::Lost);
     assert_eq!(response.sequence, 200);

@@ -278,12 +278,7 @@ async fn concurrent_streams_and_callers_interleave_without_gaps() {
             sequences
         }));
     }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all.sort_unstable();
-    assert_eq!(all, (1..=4200).collect::<Vec<u64>>());
+    assert_gap_free(tasks, 4200).await;
     server.stop().await;
 }
 

@@ -202,3 +202,14 @@ pub fn loss(prefix: &str, k: u64) -> pb::RegistryEvent {
         reported(card(&nth_number(k), "20150101", ""), pb::LossKind::Lost),
     )
 }
+
+/// Waits for tasks that each return the sequences they were given, and checks that together
+/// they are exactly 1..=last: every acknowledged event has its own sequence, with no gap.
+pub async fn assert_gap_free(tasks: Vec<JoinHandle<Vec<u64>>>, last: u64) {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("writer task"));
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=last).collect::<Vec<u64>>());
+}
