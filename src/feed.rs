@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::proto::v1 as pb;
-use crate::store::{Store, StoreError};
+use crate::store::{Corrupt, Store, StoreError};
 
 /// Events read from the log per blocking read.
 const REPLAY_CHUNK: usize = 1024;
@@ -42,6 +42,13 @@ impl From<StoreError> for Stop {
 }
 
 type Out = mpsc::Sender<Result<pb::RegistryChange, FeedError>>;
+
+fn missing(sequence: u64) -> Stop {
+    Stop::from(StoreError::from(Corrupt {
+        what: "event log",
+        why: format!("published sequence {sequence} is missing"),
+    }))
+}
 
 /// Sends every change from `from` (0 or 1: the start) to `out`, in order, until `out` is closed,
 /// the server drains, or the store fails; the last two are sent as the final item.
@@ -77,7 +84,14 @@ async fn replay(
         let chunk = store
             .read(move |store| store.changes(from, through, REPLAY_CHUNK))
             .await?;
+        if chunk.is_empty() {
+            return Err(missing(*next));
+        }
         for change in chunk {
+            // Published sequences are all in the log; a hole means damage, not a reason to skip.
+            if change.sequence != *next {
+                return Err(missing(*next));
+            }
             *next = change.sequence + 1;
             out.send(Ok(change)).await.map_err(|_| Stop::ReaderGone)?;
         }
