@@ -12,4 +12,8 @@ pub struct ServeConfig {
     /// Directory of the RocksDB registry; created when missing.
     #[arg(long, env = "IDGUARD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// RocksDB's block cache in MiB: recent reads of records kept in memory. Checks of numbers
+    /// without records never use it.
+    #[arg(long, env = "IDGUARD_BLOCK_CACHE_MB", default_value_t = 256)]
+    pub block_cache_mb: usize,
 }

@@ -14,7 +14,7 @@ use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::v1::verification_server::VerificationServer;
 use crate::service::registry::RegistryService;
 use crate::service::verification::VerificationService;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// The largest request or response message, in bytes; larger ones are refused.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -71,7 +71,10 @@ pub async fn serve(
 /// `idguard serve`: opens the store, listens, and serves until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let tuning = StoreOptions {
+        block_cache_bytes: config.block_cache_mb << 20,
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &tuning))
         .await
         .map_err(|error| StoreError::Interrupted(error.to_string()))??;
     let store = Arc::new(store);

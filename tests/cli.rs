@@ -156,7 +156,8 @@ fn serve_stops_cleanly_on_sigterm_and_keeps_its_data() {
     let exit = served.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
 
-    let served = Served::start(dir.path());
+    // Restarted with a small block cache: the same answer.
+    let served = Served::start_with(dir.path(), &["--block-cache-mb", "8"]);
     assert_eq!(
         code(&served.run(&["check", &id, "--issued", "20150101"])),
         1

@@ -43,8 +43,21 @@ const COLUMN_FAMILIES: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CI
 const WRITER_QUEUE: usize = 4096;
 /// Live changes kept for watchers; one that falls further behind goes back to the log.
 const LIVE_CHANGES: usize = 8192;
-/// Block cache shared by every column family.
-const BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// Tuning an operator sizes a node with.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// RocksDB's block cache, shared by every column family: how much of the registry's recent
+    /// reads stays in memory (the index, which answers most checks, is outside it).
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 256 << 20,
+        }
+    }
+}
 
 /// A failure of the storage layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -143,6 +156,11 @@ impl Store {
     /// A data dir that is damaged, is not an idguard registry, or holds another schema version is
     /// refused with a message saying so: it is never silently replaced by an empty registry.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit tuning.
+    pub fn open_with(data_dir: &Path, tuning: &StoreOptions) -> Result<Self, StoreError> {
         let refuse = |why: String| StoreError::DataDir {
             path: data_dir.to_owned(),
             why,
@@ -156,7 +174,7 @@ impl Store {
             ));
         }
         std::fs::create_dir_all(data_dir).map_err(|error| refuse(error.to_string()))?;
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cache = Cache::new_lru_cache(tuning.block_cache_bytes);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);

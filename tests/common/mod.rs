@@ -83,9 +83,15 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts it with extra `serve` flags.
+    pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
