@@ -44,10 +44,7 @@ impl From<StoreError> for Stop {
 type Out = mpsc::Sender<Result<pb::RegistryChange, FeedError>>;
 
 fn missing(sequence: u64) -> Stop {
-    Stop::from(StoreError::from(Corrupt {
-        what: "event log",
-        why: format!("published sequence {sequence} is missing"),
-    }))
+    Stop::from(StoreError::from(Corrupt::missing_event(sequence)))
 }
 
 /// Sends every change from `from` (0 or 1: the start) to `out`, in order, until `out` is closed,

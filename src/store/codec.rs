@@ -17,6 +17,13 @@ pub struct Corrupt {
     pub why: String,
 }
 
+impl Corrupt {
+    /// A sequence that should be in the event log is not: the log has a hole.
+    pub fn missing_event(sequence: u64) -> Self {
+        corrupt("event log", format!("sequence {sequence} is missing"))
+    }
+}
+
 fn corrupt(what: &'static str, why: impl Into<String>) -> Corrupt {
     Corrupt {
         what,

@@ -112,13 +112,13 @@ impl Shared {
         column_family(&self.db, name)
     }
 
-    fn get_event(&self, sequence: u64) -> Result<Option<pb::RegistryChange>, StoreError> {
+    /// The recorded event with this sequence; one that is not there means a damaged log.
+    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
         let stored = self
             .db
-            .get_pinned_cf(self.cf(CF_EVENTS), codec::sequence_key(sequence))?;
-        Ok(stored
-            .map(|bytes| codec::decode_change(&bytes))
-            .transpose()?)
+            .get_pinned_cf(self.cf(CF_EVENTS), codec::sequence_key(sequence))?
+            .ok_or_else(|| Corrupt::missing_event(sequence))?;
+        Ok(codec::decode_change(&stored)?)
     }
 }
 
@@ -344,14 +344,7 @@ impl Store {
     pub fn events(&self, sequences: &[u64]) -> Result<Vec<pb::RegistryChange>, StoreError> {
         sequences
             .iter()
-            .map(|&sequence| {
-                self.shared.get_event(sequence)?.ok_or_else(|| {
-                    StoreError::from(Corrupt {
-                        what: "event log",
-                        why: format!("sequence {sequence} is missing"),
-                    })
-                })
-            })
+            .map(|&sequence| self.shared.event(sequence))
             .collect()
     }
 }

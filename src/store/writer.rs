@@ -144,13 +144,7 @@ impl<'a> Overlay<'a> {
         if let Some(change) = self.events.get(&sequence) {
             return Ok(change.clone());
         }
-        self.shared.get_event(sequence)?.ok_or_else(|| {
-            Corrupt {
-                what: "event log",
-                why: format!("sequence {sequence} is missing"),
-            }
-            .into()
-        })
+        self.shared.event(sequence)
     }
 
     fn citizen(&mut self, number: CitizenNumber) -> Result<&mut CitizenState, StoreError> {
