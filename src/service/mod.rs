@@ -20,6 +20,19 @@ use crate::store::{ApplyError, Store, StoreError};
 /// Becomes `true` when the server starts shutting down; long-lived streams then end.
 pub type Draining = watch::Receiver<bool>;
 
+/// The next message of a client stream, or UNAVAILABLE (saying `why`) once the server drains, so
+/// that shutdown does not wait for clients that never hang up.
+async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    draining: &mut Draining,
+    why: &'static str,
+) -> Result<Option<T>, Status> {
+    tokio::select! {
+        next = stream.message() => next,
+        _ = draining.wait_for(|draining| *draining) => Err(Status::unavailable(why)),
+    }
+}
+
 /// The longest a call waits for `min_sequence` when the client set no shorter deadline.
 pub const MAX_SEQUENCE_WAIT: Duration = Duration::from_secs(30);
 

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Draining, check_response, invalid_argument, now, rpc_status};
+use super::{Draining, check_response, invalid_argument, next_message, now, rpc_status};
 use crate::card::{
     Card, FieldError, PresentedCard, china_today, format_date, parse_registrable_number,
 };
@@ -77,13 +77,12 @@ async fn read_submissions(
     mut draining: Draining,
 ) {
     loop {
-        let received = tokio::select! {
-            received = events.message() => received,
-            _ = draining.wait_for(|draining| *draining) => Err(Status::unavailable(
-                "the server is shutting down: resubmit the events not acknowledged",
-            )),
-        };
-        let next = match received {
+        let received = next_message(
+            &mut events,
+            &mut draining,
+            "the server is shutting down: resubmit the events not acknowledged",
+        );
+        let next = match received.await {
             Ok(None) => return,
             Ok(Some(event)) => match validate_event(&event, now()) {
                 Err(error) => InFlight::Refused(event.report_id, invalid_argument(error)),

@@ -8,8 +8,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    Draining, MAX_SEQUENCE_WAIT, check_response, invalid_argument, malformed_response, now,
-    reach_sequence, sequence_wait_budget,
+    Draining, MAX_SEQUENCE_WAIT, check_response, invalid_argument, malformed_response,
+    next_message, now, reach_sequence, sequence_wait_budget,
 };
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
 use crate::check::check_cards;
@@ -75,6 +75,20 @@ async fn answer(
         .collect()
 }
 
+/// Answers one request of a `CheckStream`: a malformed card is answered, not an error.
+async fn answer_streamed(
+    store: &Arc<Store>,
+    request: &pb::CheckRequest,
+) -> Result<pb::CheckResponse, Status> {
+    let today = china_today(now());
+    let item = parse_request(request, today);
+    reach_sequence(store, request.min_sequence, MAX_SEQUENCE_WAIT).await?;
+    answer(store, vec![item], today)
+        .await?
+        .pop()
+        .ok_or_else(|| Status::internal("no verdict for the card"))
+}
+
 #[tonic::async_trait]
 impl Verification for VerificationService {
     async fn check(
@@ -130,31 +144,14 @@ impl Verification for VerificationService {
         let mut draining = self.draining.clone();
         tokio::spawn(async move {
             loop {
-                let next = tokio::select! {
-                    next = requests.message() => next,
-                    _ = draining.wait_for(|draining| *draining) => Err(Status::unavailable(
-                        "the server is shutting down: reconnect to another node or retry",
-                    )),
-                };
-                let outcome = match next {
+                let next = next_message(
+                    &mut requests,
+                    &mut draining,
+                    "the server is shutting down: reconnect to another node or retry",
+                );
+                let outcome = match next.await {
                     Ok(None) => break,
-                    Ok(Some(request)) => {
-                        let today = china_today(now());
-                        let item = parse_request(&request, today);
-                        match reach_sequence(&store, request.min_sequence, MAX_SEQUENCE_WAIT).await
-                        {
-                            Err(status) => Err(status),
-                            Ok(()) => {
-                                answer(&store, vec![item], today)
-                                    .await
-                                    .and_then(|mut answers| {
-                                        answers.pop().ok_or_else(|| {
-                                            Status::internal("no verdict for the card")
-                                        })
-                                    })
-                            }
-                        }
-                    }
+                    Ok(Some(request)) => answer_streamed(&store, &request).await,
                     Err(status) => Err(status),
                 };
                 let failed = outcome.is_err();
