@@ -37,6 +37,12 @@ pub struct SlotsHeader {
 #[repr(align(64))]
 struct Bucket([u64; SLOTS_PER_BUCKET]);
 
+/// The fill rule: a table is grown before more than 85% of its slots are taken, where linear
+/// probing across buckets would start to make misses read many cache lines.
+fn too_full(numbers: usize, buckets: usize) -> bool {
+    numbers * 100 >= buckets * SLOTS_PER_BUCKET * 85
+}
+
 struct Table {
     buckets: Vec<Bucket>,
     len: usize,
@@ -83,13 +89,13 @@ impl Table {
     }
 
     fn would_be_too_full(&self, numbers: usize) -> bool {
-        numbers * 100 >= self.buckets.len() * SLOTS_PER_BUCKET * 85
+        too_full(numbers, self.buckets.len())
     }
 
     /// A copy grown by 1.7x as often as it takes to hold `extra` more numbers.
     fn grown_for(&self, extra: usize) -> Self {
         let mut buckets = self.buckets.len();
-        while (self.len + extra) * 100 >= buckets * SLOTS_PER_BUCKET * 85 {
+        while too_full(self.len + extra, buckets) {
             buckets = buckets * 17 / 10;
         }
         let mut grown = Self::with_buckets(buckets);
