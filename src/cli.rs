@@ -569,7 +569,10 @@ async fn bench(args: BenchArgs) -> Result<(), CliError> {
         })
     };
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
+        let json = serde_json::to_string_pretty(&reports).map_err(|error| CliError::Write {
+            path: path.clone(),
+            source: error.into(),
+        })?;
         write(path, json)?;
     }
     if let Some(path) = &args.plot {
