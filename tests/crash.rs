@@ -51,15 +51,10 @@ struct Ledger {
 
 /// Streams events from `first` on until told to stop by the kill (the stream breaks), recording
 /// each ack as it arrives.
+///
+/// The events go into the ledger before the connection is tried: the kill may come before the
+/// writer even connects, and an event that never left must then be checked as absent.
 async fn write(server_url: String, ledger: Arc<Mutex<Ledger>>, first: u64, count: u64) {
-    let Ok(channel) = tonic::transport::Channel::from_shared(server_url)
-        .unwrap()
-        .connect()
-        .await
-    else {
-        return;
-    };
-    let mut client = RegistryClient::new(channel);
     let events: Vec<_> = (first..first + count).map(|k| (k, loss("k", k))).collect();
     {
         let mut ledger = ledger.lock().unwrap();
@@ -69,6 +64,14 @@ async fn write(server_url: String, ledger: Arc<Mutex<Ledger>>, first: u64, count
                 .insert(event.report_id.clone(), (*k, event.clone()));
         }
     }
+    let Ok(channel) = tonic::transport::Channel::from_shared(server_url)
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return;
+    };
+    let mut client = RegistryClient::new(channel);
     let Ok(response) = client
         .submit(tokio_stream::iter(events.into_iter().map(|(_, e)| e)))
         .await
