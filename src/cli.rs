@@ -52,6 +52,9 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Bulk-load export files into a data dir, offline (no server may be running on it); refused
+    /// records are listed in a reject file (exit 2 if any).
+    Import(ImportArgs),
     /// Write a synthetic registry export and a check workload (deterministic for a seed).
     Gen(GenArgs),
     /// Drive a running server with a check workload and report throughput and latency.
@@ -63,6 +66,27 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Export files (NDJSON, or CSV by a `.csv` name), loaded in order.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// The registry to load into: a new (empty) one, or an existing one.
+    #[arg(long, env = "IDGUARD_DATA_DIR", default_value = "idguard-data")]
+    pub data_dir: std::path::PathBuf,
+    /// Where refused records are listed, one `FILE:LINE: reason` per line [default: the first
+    /// file's name with `.rejects` added].
+    #[arg(long)]
+    pub rejects: Option<std::path::PathBuf>,
+    /// Temporary files (sort runs and SSTs, about twice the input's size); keep it on the data
+    /// dir's file system so SSTs are moved, not copied [default: DATA_DIR.import].
+    #[arg(long)]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Memory for each sort's buffer, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory_mb: usize,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +328,8 @@ pub enum CliError {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Load(#[from] crate::loadgen::LoadError),
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
     #[error("reading {}: {source}", path.display())]
     Read {
         path: std::path::PathBuf,
@@ -339,8 +365,8 @@ impl CliError {
                 _ => 6,
             },
             Self::Load(crate::loadgen::LoadError::Connect(..)) => 3,
-            Self::Read { .. } => 2,
-            Self::Serve(_) | Self::Write { .. } | Self::Load(_) => 6,
+            Self::Read { .. } | Self::Import(crate::import::ImportError::Read { .. }) => 2,
+            Self::Serve(_) | Self::Write { .. } | Self::Load(_) | Self::Import(_) => 6,
         }
     }
 }
@@ -398,6 +424,44 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
                 args.count as f64 / seconds.max(1e-9)
             );
             Ok(0)
+        }
+        Command::Import(args) => {
+            let plan = crate::import::ImportPlan {
+                rejects: args.rejects.unwrap_or_else(|| {
+                    let mut name = args.files[0].clone().into_os_string();
+                    name.push(".rejects");
+                    name.into()
+                }),
+                work_dir: args.work_dir.unwrap_or_else(|| {
+                    let mut name = args.data_dir.clone().into_os_string();
+                    name.push(".import");
+                    name.into()
+                }),
+                files: args.files,
+                data_dir: args.data_dir,
+                memory_bytes: args.memory_mb.max(1) << 20,
+                store: crate::store::StoreOptions::default(),
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                crate::import::import(&plan).map(|report| (report, plan.rejects))
+            })
+            .await
+            .map_err(|error| CliError::Rpc(tonic::Status::internal(error.to_string())))??;
+            let (report, rejects) = report;
+            println!(
+                "{} records read: {} events accepted, {} duplicates, {} rejected (listed in {}); \
+                 last sequence {}, {} numbers with a record; {:.1} s ({:.0} records/s)",
+                report.records,
+                report.bulk.accepted,
+                report.bulk.duplicates,
+                report.rejected(),
+                rejects.display(),
+                report.bulk.last_sequence,
+                report.bulk.numbers,
+                report.seconds,
+                report.records as f64 / report.seconds.max(1e-9)
+            );
+            Ok(if report.rejected() == 0 { 0 } else { 2 })
         }
         Command::Submit { files, server } => {
             let channel = connect(&server.server).await?;

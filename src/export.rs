@@ -94,7 +94,16 @@ pub type NumberedRecords = Box<dyn Iterator<Item = (u64, Result<ExportRecord, St
 
 /// Reads an export file, NDJSON or (by a `.csv` name) CSV.
 pub fn read_records(path: &std::path::Path) -> std::io::Result<NumberedRecords> {
-    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    read_records_from(path, std::fs::File::open(path)?)
+}
+
+/// [`read_records`] from an already open `input` (a reader that counts its bytes, say), named
+/// `path` for its format.
+pub fn read_records_from(
+    path: &std::path::Path,
+    input: impl std::io::Read + 'static,
+) -> std::io::Result<NumberedRecords> {
+    let file = std::io::BufReader::with_capacity(1 << 20, input);
     if path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"))

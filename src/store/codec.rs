@@ -32,7 +32,8 @@ fn corrupt(what: &'static str, why: impl Into<String>) -> Corrupt {
 }
 
 const CITIZEN_STATE_V1: u8 = 1;
-const ENTRY_BYTES: usize = 8 + 1 + 4 + 1 + 4 + 16 + 8;
+/// The size of one encoded [`Entry`].
+pub const ENTRY_BYTES: usize = 8 + 1 + 4 + 1 + 4 + 16 + 8;
 
 /// Key of the event log: the sequence, big-endian so the log iterates in order.
 pub fn sequence_key(sequence: u64) -> [u8; 8] {
@@ -49,6 +50,21 @@ pub fn decode_sequence(bytes: &[u8]) -> Result<u64, Corrupt> {
 /// Decodes an event-log value: the `RegistryChange` as it was recorded (protobuf).
 pub fn decode_change(bytes: &[u8]) -> Result<pb::RegistryChange, Corrupt> {
     pb::RegistryChange::decode(bytes).map_err(|error| corrupt("event", error.to_string()))
+}
+
+/// When a recorded event happened.
+pub fn occurred_at(change: &pb::RegistryChange) -> Result<OffsetDateTime, Corrupt> {
+    change
+        .event
+        .as_ref()
+        .and_then(|event| event.occurred_at.as_ref())
+        .and_then(crate::proto::instant)
+        .ok_or_else(|| {
+            corrupt(
+                "event",
+                format!("sequence {} has no valid occurred_at", change.sequence),
+            )
+        })
 }
 
 /// Key of a citizen's state: the packed number (8 bytes, big-endian).
@@ -112,6 +128,17 @@ pub fn withdrawal_key(target: &ReportId, sequence: u64) -> Vec<u8> {
     key
 }
 
+/// The target `report_id` bytes and the sequence of a withdrawal's key.
+pub fn decode_withdrawal_key(key: &[u8]) -> Result<(&[u8], u64), Corrupt> {
+    let damaged = || corrupt("withdrawal key", format!("{} bytes", key.len()));
+    let (&len, rest) = key.split_first().ok_or_else(damaged)?;
+    if rest.len() != usize::from(len) + 8 {
+        return Err(damaged());
+    }
+    let (target, sequence) = rest.split_at(usize::from(len));
+    Ok((target, decode_sequence(sequence)?))
+}
+
 fn day_number(day: Date) -> i32 {
     day.to_julian_day()
 }
@@ -125,36 +152,44 @@ pub fn encode_citizen(state: &CitizenState) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1 + state.entries().len() * ENTRY_BYTES);
     bytes.push(CITIZEN_STATE_V1);
     for entry in state.entries() {
-        let (tag, issued, expiry, link) = match entry.fact {
-            Fact::Card {
-                fact,
-                issued,
-                expiry,
-            } => {
-                let tag = match fact {
-                    CardFact::Lost => 0,
-                    CardFact::Stolen => 1,
-                    CardFact::Issued => 2,
-                    CardFact::Revoked => 3,
-                };
-                (tag, day_number(issued), expiry, entry.withdrawn_by)
-            }
-            Fact::Cancelled => (4, 0, Expiry::Unknown, entry.withdrawn_by),
-            Fact::Withdrawal { target } => (5, 0, Expiry::Unknown, Some(target)),
-        };
-        let (expiry_tag, expiry_day) = match expiry {
-            Expiry::Unknown => (0u8, 0),
-            Expiry::Long => (1, 0),
-            Expiry::On(day) => (2, day_number(day)),
-        };
-        bytes.extend_from_slice(&entry.sequence.to_be_bytes());
-        bytes.push(tag);
-        bytes.extend_from_slice(&issued.to_be_bytes());
-        bytes.push(expiry_tag);
-        bytes.extend_from_slice(&expiry_day.to_be_bytes());
-        bytes.extend_from_slice(&entry.occurred_at.unix_timestamp_nanos().to_be_bytes());
-        bytes.extend_from_slice(&link.unwrap_or(0).to_be_bytes());
+        bytes.extend_from_slice(&encode_entry(entry));
     }
+    bytes
+}
+
+/// The fixed-width form of one entry; it starts with the sequence, big-endian, so entries sort
+/// by sequence as bytes.
+pub fn encode_entry(entry: &Entry) -> [u8; ENTRY_BYTES] {
+    let (tag, issued, expiry, link) = match entry.fact {
+        Fact::Card {
+            fact,
+            issued,
+            expiry,
+        } => {
+            let tag = match fact {
+                CardFact::Lost => 0,
+                CardFact::Stolen => 1,
+                CardFact::Issued => 2,
+                CardFact::Revoked => 3,
+            };
+            (tag, day_number(issued), expiry, entry.withdrawn_by)
+        }
+        Fact::Cancelled => (4, 0, Expiry::Unknown, entry.withdrawn_by),
+        Fact::Withdrawal { target } => (5, 0, Expiry::Unknown, Some(target)),
+    };
+    let (expiry_tag, expiry_day) = match expiry {
+        Expiry::Unknown => (0u8, 0),
+        Expiry::Long => (1, 0),
+        Expiry::On(day) => (2, day_number(day)),
+    };
+    let mut bytes = [0u8; ENTRY_BYTES];
+    bytes[..8].copy_from_slice(&entry.sequence.to_be_bytes());
+    bytes[8] = tag;
+    bytes[9..13].copy_from_slice(&issued.to_be_bytes());
+    bytes[13] = expiry_tag;
+    bytes[14..18].copy_from_slice(&expiry_day.to_be_bytes());
+    bytes[18..34].copy_from_slice(&entry.occurred_at.unix_timestamp_nanos().to_be_bytes());
+    bytes[34..42].copy_from_slice(&link.unwrap_or(0).to_be_bytes());
     bytes
 }
 
@@ -175,7 +210,8 @@ pub fn decode_citizen(bytes: &[u8]) -> Result<CitizenState, Corrupt> {
     Ok(CitizenState::from_entries(entries))
 }
 
-fn decode_entry(chunk: &[u8]) -> Result<Entry, String> {
+/// Decodes what [`encode_entry`] wrote.
+pub fn decode_entry(chunk: &[u8]) -> Result<Entry, String> {
     let take = |range: std::ops::Range<usize>| &chunk[range];
     let u64_at = |at: usize| u64::from_be_bytes(take(at..at + 8).try_into().unwrap_or_default());
     let i32_at = |at: usize| i32::from_be_bytes(take(at..at + 4).try_into().unwrap_or_default());
@@ -289,5 +325,9 @@ mod tests {
         let short = ReportId::parse("r-1").unwrap();
         let long = ReportId::parse("r-10").unwrap();
         assert!(!withdrawal_key(&long, 1).starts_with(&withdrawal_prefix(&short)));
+        assert_eq!(
+            decode_withdrawal_key(&withdrawal_key(&long, 7)),
+            Ok((&b"r-10"[..], 7))
+        );
     }
 }

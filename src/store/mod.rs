@@ -12,6 +12,7 @@
 //! ([`writer`]). Reads run on the caller's thread and block, so async callers go through
 //! `spawn_blocking` (see [`crate::check`]).
 
+mod bulk;
 mod codec;
 mod snapshot;
 mod writer;
@@ -30,6 +31,7 @@ use crate::index::RecordIndex;
 use crate::proto::v1 as pb;
 use crate::registry::CitizenState;
 
+pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
 pub use codec::Corrupt;
 pub use writer::Applied;
 
@@ -70,6 +72,14 @@ pub enum StoreError {
     DataDir { path: PathBuf, why: String },
     #[error("a storage read was interrupted: {0}")]
     Interrupted(String),
+    #[error("I/O: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Io(error.to_string())
+    }
 }
 
 /// Why an event was not applied.
@@ -112,14 +122,17 @@ impl Shared {
         column_family(&self.db, name)
     }
 
-    /// The recorded event with this sequence; one that is not there means a damaged log.
     fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
-        let stored = self
-            .db
-            .get_pinned_cf(self.cf(CF_EVENTS), codec::sequence_key(sequence))?
-            .ok_or_else(|| Corrupt::missing_event(sequence))?;
-        Ok(codec::decode_change(&stored)?)
+        stored_event(&self.db, sequence)
     }
+}
+
+/// The recorded event with this sequence; one that is not there means a damaged log.
+fn stored_event(db: &DB, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
+    let stored = db
+        .get_pinned_cf(column_family(db, CF_EVENTS), codec::sequence_key(sequence))?
+        .ok_or_else(|| Corrupt::missing_event(sequence))?;
+    Ok(codec::decode_change(&stored)?)
 }
 
 /// Where the index came from at open.
@@ -137,6 +150,11 @@ pub struct PendingApply(oneshot::Receiver<Result<Applied, ApplyError>>);
 impl PendingApply {
     pub async fn outcome(self) -> Result<Applied, ApplyError> {
         self.0.await.map_err(|_| ApplyError::Closed)?
+    }
+
+    /// [`PendingApply::outcome`] for a caller outside the async runtime.
+    pub fn outcome_blocking(self) -> Result<Applied, ApplyError> {
+        self.0.blocking_recv().map_err(|_| ApplyError::Closed)?
     }
 }
 
@@ -161,47 +179,7 @@ impl Store {
 
     /// [`Store::open`] with explicit tuning.
     pub fn open_with(data_dir: &Path, tuning: &StoreOptions) -> Result<Self, StoreError> {
-        let refuse = |why: String| StoreError::DataDir {
-            path: data_dir.to_owned(),
-            why,
-        };
-        let is_new = is_new_data_dir(data_dir).map_err(|error| refuse(error.to_string()))?;
-        if !is_new && !data_dir.join("CURRENT").exists() {
-            return Err(refuse(
-                "it holds files but no RocksDB CURRENT file: it is not an idguard registry, or it \
-                 is damaged; refusing to create a registry over it"
-                    .into(),
-            ));
-        }
-        std::fs::create_dir_all(data_dir).map_err(|error| refuse(error.to_string()))?;
-        let cache = Cache::new_lru_cache(tuning.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        // Partitioned index and filters: a whole-file filter of a large SST is megabytes, too big
-        // for a cache shard, and was re-read and checksummed on every lookup (writes fell to a few
-        // thousand per second at 5M events). Partitions are small and cache well; the top level
-        // stays pinned.
-        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_metadata_block_size(4096);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_top_level_index_and_filter(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        let mut family = Options::default();
-        family.set_block_based_table_factory(&table);
-        family.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut options = family.clone();
-        options.create_if_missing(is_new);
-        options.create_missing_column_families(is_new);
-        options.increase_parallelism(2);
-        let families = COLUMN_FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, family.clone()));
-        let db = DB::open_cf_descriptors(&options, data_dir, families)
-            .map_err(|error| refuse(format!("cannot open the registry: {error}")))?;
-        check_schema(&db, is_new).map_err(refuse)?;
-
+        let db = open_db(data_dir, tuning)?;
         let last = last_sequence(&db)?;
         let (index, index_origin) = match snapshot::load(data_dir, &db, last) {
             Ok(Some(index)) => (index, IndexOrigin::Loaded),
@@ -247,6 +225,17 @@ impl Store {
             .send(writer::Submission { event, reply })
             .await
             .map_err(|_| ApplyError::Closed)?;
+        Ok(PendingApply(outcome))
+    }
+
+    /// [`Store::enqueue`] for a caller outside the async runtime (a bulk import).
+    pub fn enqueue_blocking(&self, event: ValidEvent) -> Result<PendingApply, StoreError> {
+        let closed = || StoreError::Interrupted("the writer stopped".into());
+        let writer = self.writer.as_ref().ok_or_else(closed)?;
+        let (reply, outcome) = oneshot::channel();
+        writer
+            .blocking_send(writer::Submission { event, reply })
+            .map_err(|_| closed())?;
         Ok(PendingApply(outcome))
     }
 
@@ -383,6 +372,61 @@ impl Drop for Store {
 const SCHEMA_KEY: &[u8] = b"idguard.schema";
 /// The layout of keys and values this code reads and writes (`codec`).
 const SCHEMA_VERSION: &[u8] = b"1";
+
+/// Options every column family is created, opened and bulk-written with.
+fn family_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    // Partitioned index and filters: a whole-file filter of a large SST is megabytes, too big
+    // for a cache shard, and was re-read and checksummed on every lookup (writes fell to a few
+    // thousand per second at 5M events). Partitions are small and cache well; the top level
+    // stays pinned.
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut family = Options::default();
+    family.set_block_based_table_factory(&table);
+    family.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    family
+}
+
+/// Opens (creating if it is new) the RocksDB registry in `data_dir`, refusing one that is
+/// damaged, foreign or of another schema, and completing a bulk import that a crash interrupted.
+fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<DB, StoreError> {
+    let refuse = |why: String| StoreError::DataDir {
+        path: data_dir.to_owned(),
+        why,
+    };
+    let is_new = is_new_data_dir(data_dir).map_err(|error| refuse(error.to_string()))?;
+    if !is_new && !data_dir.join("CURRENT").exists() {
+        return Err(refuse(
+            "it holds files but no RocksDB CURRENT file: it is not an idguard registry, or it \
+             is damaged; refusing to create a registry over it"
+                .into(),
+        ));
+    }
+    std::fs::create_dir_all(data_dir).map_err(|error| refuse(error.to_string()))?;
+    let family = family_options(&Cache::new_lru_cache(tuning.block_cache_bytes));
+    let mut options = family.clone();
+    options.create_if_missing(is_new);
+    options.create_missing_column_families(is_new);
+    options.increase_parallelism(2);
+    let families = COLUMN_FAMILIES
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, family.clone()));
+    let db = DB::open_cf_descriptors(&options, data_dir, families).map_err(|error| {
+        refuse(format!(
+            "cannot open the registry (is another idguard using it?): {error}"
+        ))
+    })?;
+    check_schema(&db, is_new).map_err(refuse)?;
+    bulk::finish_interrupted_ingestion(data_dir, &db)?;
+    Ok(db)
+}
 
 /// Whether `data_dir` is missing or empty, so that a registry may be created in it.
 fn is_new_data_dir(data_dir: &Path) -> std::io::Result<bool> {

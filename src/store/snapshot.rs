@@ -68,6 +68,16 @@ pub(super) fn save(
     write().map_err(|error| format!("saving the index: {error}"))
 }
 
+/// Removes the saved index, before a change to the registry it could not follow (a bulk import).
+pub(super) fn discard(data_dir: &Path) -> Result<(), String> {
+    match std::fs::remove_file(data_dir.join(FILE_NAME)) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(format!("removing the saved index: {error}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Loads the saved index, brought up to `last` from the log; `Ok(None)` when there is none, and
 /// `Err` saying why one was not used.
 pub(super) fn load(data_dir: &Path, db: &DB, last: u64) -> Result<Option<RecordIndex>, String> {

@@ -16,9 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, ReportSlot};
-use super::{
-    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, Shared, StoreError,
-};
+use super::{ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Shared, StoreError};
 use crate::card::{Card, CitizenNumber, FieldError, Rule};
 use crate::event::{EventKind, Loss, ReportId, ValidEvent};
 use crate::proto::{self, v1 as pb};
@@ -285,18 +283,7 @@ impl<'a> Overlay<'a> {
     }
 
     fn occurred_at(&self, sequence: u64) -> Result<OffsetDateTime, StoreError> {
-        let change = self.event(sequence)?;
-        change
-            .event
-            .and_then(|event| event.occurred_at)
-            .and_then(|at| proto::instant(&at))
-            .ok_or_else(|| {
-                Corrupt {
-                    what: "event",
-                    why: format!("sequence {sequence} has no valid occurred_at"),
-                }
-                .into()
-            })
+        Ok(codec::occurred_at(&self.event(sequence)?)?)
     }
 
     /// The group as one write batch, the numbers it gives records to, and its new events in
@@ -337,12 +324,12 @@ impl<'a> Overlay<'a> {
 }
 
 /// What an event registers: a fact about a number, or a withdrawal of another event.
-enum Touches<'e> {
+pub(super) enum Touches<'e> {
     Number(CitizenNumber, Fact),
     Withdrawal(&'e ReportId),
 }
 
-fn what_it_touches(kind: &EventKind) -> Touches<'_> {
+pub(super) fn what_it_touches(kind: &EventKind) -> Touches<'_> {
     let about = |card: &Card, fact| {
         Touches::Number(
             card.number,
