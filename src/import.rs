@@ -103,7 +103,7 @@ pub fn import(plan: &ImportPlan) -> Result<ImportReport, ImportError> {
         &plan.data_dir,
         &plan.work_dir,
         plan.memory_bytes,
-        plan.store.clone(),
+        &plan.store,
         now,
     )?;
     let mut rejects = Rejects::create(&plan.rejects, &plan.files)?;
@@ -139,6 +139,13 @@ pub fn import(plan: &ImportPlan) -> Result<ImportReport, ImportError> {
         Ok(counts)
     })?;
     bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        step = "reading and validating",
+        seconds,
+        records,
+        "import step done"
+    );
 
     let mut progress = StepBar::default();
     let mut refusal_error = None;
@@ -276,7 +283,7 @@ impl<'a> Rejects<'a> {
                 "report_id {report_id:?} is used with different content at {}",
                 self.at(earlier)
             ),
-            Refusal::Refused(error) => error.to_string(),
+            Refusal::Invalid(error) => error.to_string(),
         }
     }
 
@@ -318,14 +325,16 @@ fn reading_bar(total_bytes: u64) -> ProgressBar {
     bar
 }
 
-/// One bar per step of [`BulkLoad::finish`].
+/// One bar per step of [`BulkLoad::finish`]; each step's time goes to the log as it ends.
 #[derive(Default)]
-struct StepBar(Option<ProgressBar>);
+struct StepBar(Option<(ProgressBar, &'static str, Instant)>);
 
 impl StepBar {
     fn clear(&mut self) {
-        if let Some(bar) = self.0.take() {
+        if let Some((bar, step, started)) = self.0.take() {
             bar.finish_and_clear();
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(step, seconds, "import step done");
         }
     }
 }
@@ -343,11 +352,11 @@ impl Progress for StepBar {
         );
         bar.set_message(name);
         bar.enable_steady_tick(Duration::from_millis(250));
-        self.0 = Some(bar);
+        self.0 = Some((bar, name, Instant::now()));
     }
 
     fn done(&mut self, done: u64) {
-        if let Some(bar) = &self.0 {
+        if let Some((bar, ..)) = &self.0 {
             bar.set_position(done);
         }
     }

@@ -160,6 +160,10 @@ fn awkward_records(generated: &Generator) -> Vec<ExportRecord> {
             id_number: fresh.clone(),
             ..second
         },
+        // A withdrawal of the refused one: its target never entered, so it waits, as does one
+        // whose target never comes.
+        withdrawal("x-w4", "x-w2"),
+        withdrawal("x-w5", "x-never"),
         // A withdrawal of a generated report, and a cancellation.
         withdrawal("x-w3", &first.report_id),
         ExportRecord {
@@ -194,8 +198,8 @@ fn an_import_equals_the_same_files_submitted_online() {
     assert_eq!(store.index_origin(), &IndexOrigin::Loaded);
     let last = store.sequence();
     drop(store);
-    // 3000 generated, 4 hand-made accepted (x-w1, x-late, x-w3, x-cancel).
-    assert_eq!(last, 3004);
+    // 3000 generated, 6 hand-made accepted (x-w1, x-late, x-w4, x-w5, x-w3, x-cancel).
+    assert_eq!(last, 3006);
 
     let submitted = ChildServer::start(&dir.path().join("submitted"));
     let online = submit(&submitted, &files);
@@ -206,7 +210,30 @@ fn an_import_equals_the_same_files_submitted_online() {
     let imported = ChildServer::start(&imported_dir);
     let numbers: Vec<String> = numbers_in(&files).into_iter().collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(assert_same_registry(&imported, &submitted, &numbers));
+    runtime.block_on(async {
+        assert_same_registry(&imported, &submitted, &numbers).await;
+        assert_eq!(
+            watched(&imported, last).await,
+            watched(&submitted, last).await,
+            "the logs hold different events"
+        );
+    });
+}
+
+/// The `report_id`s of the log's events up to `last`, checking that the log has no gap.
+async fn watched(server: &ChildServer, last: u64) -> BTreeSet<String> {
+    let mut changes = RegistryClient::new(server.channel().await)
+        .watch(pb::WatchRequest { from_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut report_ids = BTreeSet::new();
+    for sequence in 1..=last {
+        let change = changes.message().await.unwrap().expect("a change");
+        assert_eq!(change.sequence, sequence, "a gap in the log");
+        report_ids.insert(change.event.expect("event").report_id);
+    }
+    report_ids
 }
 
 #[test]
@@ -224,24 +251,55 @@ fn an_import_into_a_registry_with_events_merges_with_them() {
         dir.path().join("first.ndjson"),
         dir.path().join("second.ndjson"),
     );
-    write_ndjson(&first_half, &records[..3000]);
-    write_ndjson(&second_half, &records[2900..]);
+    // Withdrawals that cross the two imports: one waits in the first for a report that comes in
+    // the second; one in the second withdraws a withdrawal stored by the first (refused).
+    let late = ExportRecord {
+        report_id: "y-late".into(),
+        authority: "110105".into(),
+        occurred_at: "2025-03-01T08:00:00+08:00".into(),
+        kind: "stolen".into(),
+        id_number: common::number("11010519700101007"),
+        issue_date: "20150101".into(),
+        ..ExportRecord::default()
+    };
+    let withdrawal = |report_id: &str, target: &str| ExportRecord {
+        report_id: report_id.into(),
+        kind: "withdrawn".into(),
+        id_number: String::new(),
+        issue_date: String::new(),
+        withdrawn_report_id: target.into(),
+        ..late.clone()
+    };
+    let mut first_records = records[..3000].to_vec();
+    first_records.push(withdrawal("y-w1", "y-late"));
+    let mut second_records = records[2900..].to_vec();
+    second_records.extend([late.clone(), withdrawal("y-w2", "y-w1")]);
+    write_ndjson(&first_half, &first_records);
+    write_ndjson(&second_half, &second_records);
+    let all_records: Vec<ExportRecord> = first_records
+        .iter()
+        .chain(&second_records[100..])
+        .cloned()
+        .collect();
+    write_ndjson(&all.with_extension("ndjson"), &all_records);
+    let all = all.with_extension("ndjson");
 
     let imported_dir = dir.path().join("imported");
     let rejects = dir.path().join("rejects.txt");
     let first = import(&imported_dir, &[&first_half], &rejects);
     assert_eq!(first.status.code(), Some(0), "{first:?}");
     let second = import(&imported_dir, &[&second_half], &rejects);
-    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    assert_eq!(second.status.code(), Some(2), "{second:?}");
     assert!(
-        stdout(&second).contains("3000 events accepted, 100 duplicates, 0 rejected"),
+        stdout(&second).contains("3001 events accepted, 100 duplicates, 1 rejected"),
         "{second:?}"
     );
-    assert_eq!(std::fs::read_to_string(&rejects).unwrap(), "");
+    let rejected = std::fs::read_to_string(&rejects).unwrap();
+    assert!(rejected.contains("second.ndjson:3102: "), "{rejected}");
 
     let submitted = ChildServer::start(&dir.path().join("submitted"));
     let online = submit(&submitted, &[&all]);
-    assert_eq!(online.status.code(), Some(0), "{online:?}");
+    assert_eq!(online.status.code(), Some(2), "{online:?}");
     let imported = ChildServer::start(&imported_dir);
     let numbers: Vec<String> = numbers_in(&[&all]).into_iter().collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();

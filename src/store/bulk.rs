@@ -1,28 +1,30 @@
 //! Bulk import: loads an export of hundreds of millions of events by writing sorted SST files and
 //! ingesting them, instead of committing them one group at a time through the writer.
 //!
-//! The outcome is the one the writer would reach (`DOMAIN.md` §3: the state is a fold of the set
-//! of events), in memory bounded by a budget, with every sort done externally ([`crate::extsort`]):
+//! The outcome is the one the writer reaches when given the same events in file order (`DOMAIN.md`
+//! §3: the state is a fold of the events), in memory bounded by a budget, with every sort done
+//! externally ([`crate::extsort`]). Each event gets an ordinal, its position in the input:
 //!
-//! 1. [`BulkLoad::add`] takes validated events in file order. Card events (loss, issuance,
-//!    revocation, cancellation) go to a log spool in file order and, keyed by `report_id`, to a
-//!    sorter; withdrawals go to a spool of their own.
-//! 2. The `report_id` sort is merged against the stored `reports` family: the first use of an id
-//!    wins, the same content again is a duplicate, other content is refused.
-//! 3. The log spool is read back in file order; each accepted event gets the next sequence and is
-//!    written to the `events` SSTs, and its entry, keyed by number, goes to a second sorter.
-//! 4. The accepted ids, still in id order, become the `reports` SSTs.
-//! 5. The entries, merged by number with any stored state, are folded into the `citizens` SSTs,
+//! 1. [`BulkLoad::add`] spools the validated events in file order, sorts them by `report_id`, and
+//!    sorts withdrawals by the `report_id` they withdraw.
+//! 2. The `report_id` sort is merged with the stored `reports` family: the first use of an id wins,
+//!    the same content again is a duplicate, other content is refused.
+//! 3. The withdrawal sort is merged with the accepted ids and the stored reports, which finds each
+//!    withdrawal's target: a card event (the withdrawal will mark it), a withdrawal (refused when
+//!    it came first, as the writer refuses it), or nothing yet (kept waiting for it).
+//! 4. The spool is read back in file order; each accepted event gets the next sequence and goes to
+//!    the `events` SSTs, and its entries, keyed by number, go to a second sort.
+//! 5. The accepted ids, still in id order, become the `reports` SSTs, and the waiting withdrawals
+//!    the `withdrawals` SSTs.
+//! 6. The entries, merged by number with any stored state, are folded into the `citizens` SSTs,
 //!    and the index of every number with a record is built on the way.
-//! 6. The SSTs are ingested and the index saved. Then the withdrawals, whose effect depends on
-//!    other events, are applied through the writer, in file order, by the code that applies them
-//!    online.
+//! 7. The SSTs are ingested and the index saved for the next start.
 //!
 //! RocksDB ingests one column family at a time. So the SSTs are hard-linked aside and a marker is
 //! written before ingestion starts; if a crash interrupts it, the next open ingests them again
 //! (ingesting the same keys and values twice changes nothing) and only then serves.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -35,14 +37,14 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::codec::{self, ENTRY_BYTES, ReportSlot};
 use super::writer::{Touches, what_it_touches};
 use super::{
-    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, Store, StoreError,
-    StoreOptions, column_family, family_options, last_sequence, open_db, snapshot, stored_event,
+    CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, StoreError, StoreOptions,
+    column_family, family_options, last_sequence, open_db, snapshot, stored_event,
 };
-use crate::card::CitizenNumber;
-use crate::event::{ValidEvent, validate_event};
+use crate::card::{CitizenNumber, FieldError, Rule};
+use crate::event::ValidEvent;
 use crate::extsort::{Runs, Sorter};
 use crate::index::RecordIndex;
-use crate::proto::{self, v1 as pb};
+use crate::proto;
 use crate::registry::{CitizenState, Entry, Fact};
 
 /// The default column family's key marking an ingestion in progress.
@@ -51,10 +53,10 @@ const INGESTING_KEY: &[u8] = b"idguard.ingesting";
 const KEPT_DIR: &str = "ingesting";
 /// SST files are cut at about this size.
 const SST_FILE_BYTES: u64 = 512 << 20;
-/// Withdrawals in flight to the writer at once.
-const WITHDRAWALS_IN_FLIGHT: usize = 1024;
 /// How often (in records) a step reports progress.
 const PROGRESS_EVERY: u64 = 1 << 16;
+/// The column families an import writes, in the order they are ingested.
+const INGESTED: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
 
 /// Where a record came from: the index of its input file and its line, for naming refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +95,8 @@ pub enum Refusal {
     ConflictsWithStored { report_id: String, sequence: u64 },
     /// The `report_id` was used earlier in this import with other content.
     ConflictsWithEarlier { report_id: String, earlier: Origin },
-    /// The writer refused a withdrawal (see [`ApplyError`]).
-    Refused(ApplyError),
+    /// A rule that depends on other events (a withdrawal of a withdrawal).
+    Invalid(FieldError),
 }
 
 /// What an import did.
@@ -104,7 +106,7 @@ pub struct BulkSummary {
     pub accepted: u64,
     /// Records whose `report_id` was already accepted with the same content.
     pub duplicates: u64,
-    /// Records refused for a conflict, or withdrawals refused by the writer.
+    /// Records refused (see [`Refusal`]).
     pub refused: u64,
     /// The log's last sequence after the import.
     pub last_sequence: u64,
@@ -125,17 +127,15 @@ pub struct BulkLoad {
     data_dir: PathBuf,
     work: PathBuf,
     db: DB,
-    tuning: StoreOptions,
     memory_bytes: usize,
     /// The clock the events were validated against; also their `recorded_at`.
     now: OffsetDateTime,
     /// Stored withdrawals whose target had not arrived: target `report_id` → their sequences.
     waiting_withdrawals: HashMap<Vec<u8>, Vec<u64>>,
     by_report: Sorter,
+    by_target: Sorter,
     log: BufWriter<File>,
-    withdrawals: BufWriter<File>,
-    card_events: u64,
-    withdrawal_events: u64,
+    events: u64,
 }
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> StoreError {
@@ -143,6 +143,16 @@ fn io_error(what: &str, path: &Path, error: std::io::Error) -> StoreError {
         path: path.to_owned(),
         why: format!("{what}: {error}"),
     }
+}
+
+fn create_spool(path: &Path) -> Result<BufWriter<File>, StoreError> {
+    let file = File::create(path).map_err(|error| io_error("creating", path, error))?;
+    Ok(BufWriter::with_capacity(1 << 20, file))
+}
+
+fn open_spool(path: &Path) -> Result<BufReader<File>, StoreError> {
+    let file = File::open(path).map_err(|error| io_error("opening", path, error))?;
+    Ok(BufReader::with_capacity(1 << 20, file))
 }
 
 impl BulkLoad {
@@ -153,10 +163,10 @@ impl BulkLoad {
         data_dir: &Path,
         work_dir: &Path,
         memory_bytes: usize,
-        tuning: StoreOptions,
+        tuning: &StoreOptions,
         now: OffsetDateTime,
     ) -> Result<Self, StoreError> {
-        let db = open_db(data_dir, &tuning)?;
+        let db = open_db(data_dir, tuning)?;
         let work = work_dir.to_owned();
         if work.exists() {
             std::fs::remove_dir_all(&work)
@@ -164,87 +174,86 @@ impl BulkLoad {
         }
         std::fs::create_dir_all(&work)
             .map_err(|error| io_error("creating the work dir", &work, error))?;
-        let create = |name: &str| -> Result<BufWriter<File>, StoreError> {
-            let path = work.join(name);
-            let file = File::create(&path).map_err(|error| io_error("creating", &path, error))?;
-            Ok(BufWriter::with_capacity(1 << 20, file))
-        };
         Ok(Self {
             waiting_withdrawals: waiting_withdrawals(&db)?,
-            log: create("events.spool")?,
-            withdrawals: create("withdrawals.spool")?,
+            log: create_spool(&work.join("events.spool"))?,
+            // Withdrawals are a few percent of the events: their sort needs less.
+            by_target: Sorter::new(&work, "by-target", memory_bytes / 8),
             by_report: Sorter::new(&work, "by-report", memory_bytes),
             data_dir: data_dir.to_owned(),
             work,
             db,
-            tuning,
             memory_bytes,
             now,
-            card_events: 0,
-            withdrawal_events: 0,
+            events: 0,
         })
     }
 
-    /// The clock events are validated against.
-    pub fn now(&self) -> OffsetDateTime {
-        self.now
-    }
-
-    /// Takes one event that passed [`validate_event`], in file order.
+    /// Takes one event that passed [`crate::event::validate_event`], in file order.
     pub fn add(&mut self, origin: Origin, valid: &ValidEvent) -> Result<(), StoreError> {
-        let spool_error = |error| io_error("writing a spool", &self.work, error);
+        let sort_error = |error| io_error("sorting", &self.work, error);
+        let ordinal = self.events;
+        self.events += 1;
         let canonical = valid.canonical.encode_to_vec();
-        let (number, fact) = match what_it_touches(&valid.event.kind) {
-            Touches::Withdrawal(_) => {
-                self.withdrawal_events += 1;
-                write_framed(&mut self.withdrawals, &origin.encode(), &canonical)
-                    .map_err(spool_error)?;
-                return Ok(());
-            }
-            Touches::Number(number, fact) => (number, fact),
-        };
-        let ordinal = self.card_events;
-        self.card_events += 1;
         let report_id = valid.event.report_id.as_str().as_bytes();
-        let mut key = Vec::with_capacity(report_id.len() + 8);
-        key.extend_from_slice(report_id);
-        key.extend_from_slice(&ordinal.to_be_bytes());
+        let (number, head) = match what_it_touches(&valid.event.kind) {
+            Touches::Withdrawal(target) => {
+                let mut value = [0u8; 16 + 12];
+                value[..16]
+                    .copy_from_slice(&valid.event.occurred_at.unix_timestamp_nanos().to_be_bytes());
+                value[16..].copy_from_slice(&origin.encode());
+                self.by_target
+                    .push(&ordinal_key(target.as_str().as_bytes(), ordinal), &value)
+                    .map_err(sort_error)?;
+                (0, Vec::new())
+            }
+            Touches::Number(number, fact) => (
+                number.packed(),
+                self.card_head(report_id, number, valid, fact)?,
+            ),
+        };
         let mut value = [0u8; 16 + 12 + 8];
         value[..16].copy_from_slice(&xxh3_128(&canonical).to_be_bytes());
         value[16..28].copy_from_slice(&origin.encode());
-        value[28..].copy_from_slice(&number.packed().to_be_bytes());
+        value[28..].copy_from_slice(&number.to_be_bytes());
         self.by_report
-            .push(&key, &value)
-            .map_err(|error| io_error("sorting", &self.work, error))?;
+            .push(&ordinal_key(report_id, ordinal), &value)
+            .map_err(sort_error)?;
+        write_framed(&mut self.log, &head, &canonical)
+            .map_err(|error| io_error("writing a spool", &self.work, error))
+    }
 
-        let mut entries = vec![codec::encode_entry(&Entry {
+    /// The spooled head of a card event: its number, its entry, and the entries of stored
+    /// withdrawals that were waiting for it (their sequences to be filled in by step 4).
+    fn card_head(
+        &self,
+        report_id: &[u8],
+        number: CitizenNumber,
+        valid: &ValidEvent,
+        fact: Fact,
+    ) -> Result<Vec<u8>, StoreError> {
+        let waiting = self.waiting_withdrawals.get(report_id);
+        let mut head = Vec::with_capacity(8 + (1 + waiting.map_or(0, Vec::len)) * ENTRY_BYTES);
+        head.extend_from_slice(&number.packed().to_be_bytes());
+        head.extend_from_slice(&codec::encode_entry(&Entry {
             sequence: 0,
             occurred_at: valid.event.occurred_at,
             fact,
             withdrawn_by: None,
-        })];
-        for &sequence in self
-            .waiting_withdrawals
-            .get(report_id)
-            .into_iter()
-            .flatten()
-        {
-            entries.push(codec::encode_entry(&Entry {
+        }));
+        for &sequence in waiting.into_iter().flatten() {
+            head.extend_from_slice(&codec::encode_entry(&Entry {
                 sequence,
                 occurred_at: codec::occurred_at(&stored_event(&self.db, sequence)?)?,
-                fact: Fact::Withdrawal { target: 0 },
+                // The target is this event, whose sequence step 4 fills in.
+                fact: Fact::Withdrawal { target: u64::MAX },
                 withdrawn_by: None,
             }));
         }
-        let mut head = Vec::with_capacity(8 + entries.len() * ENTRY_BYTES);
-        head.extend_from_slice(&number.packed().to_be_bytes());
-        entries
-            .iter()
-            .for_each(|entry| head.extend_from_slice(entry));
-        write_framed(&mut self.log, &head, &canonical).map_err(spool_error)
+        Ok(head)
     }
 
-    /// Runs steps 2 to 6 (see the module documentation), reporting refusals as it finds them.
+    /// Runs steps 2 to 7 (see the module documentation), reporting refusals as it finds them.
     pub fn finish(
         self,
         refused: &mut dyn FnMut(Origin, Refusal),
@@ -254,48 +263,42 @@ impl BulkLoad {
             data_dir,
             work,
             db,
-            tuning,
             memory_bytes,
             now,
             by_report,
+            by_target,
             mut log,
-            mut withdrawals,
-            card_events,
-            withdrawal_events,
+            events,
             waiting_withdrawals: _,
         } = self;
-        let spool_error = |error| io_error("writing a spool", &work, error);
-        log.flush().map_err(spool_error)?;
-        withdrawals.flush().map_err(spool_error)?;
-        drop((log, withdrawals));
-        let by_report = by_report
-            .finish()
-            .map_err(|error| io_error("sorting", &work, error))?;
+        log.flush()
+            .map_err(|error| io_error("writing a spool", &work, error))?;
+        drop(log);
+        let sort_error = |error| io_error("sorting", &work, error);
+        let by_report = by_report.finish().map_err(sort_error)?;
+        let by_target = by_target.finish().map_err(sort_error)?;
         let collected = Collected {
             data_dir,
             work,
             db,
             memory_bytes,
             now,
-            card_events,
+            events,
         };
-        let mut summary = collected.ingest(by_report, refused, progress)?;
-        let Collected {
-            data_dir, work, db, ..
-        } = collected;
-        // The writer's store opens the registry next; RocksDB allows one opener.
-        drop(db);
-
-        progress.step("applying withdrawals", withdrawal_events);
-        let store = Store::open_with(&data_dir, &tuning)?;
-        let spool = work.join("withdrawals.spool");
-        apply_withdrawals(&store, &spool, now, &mut summary, refused, progress)?;
-        summary.last_sequence = store.sequence();
-        summary.numbers = store.index().len() as u64;
-        drop(store);
-        std::fs::remove_dir_all(&work).map_err(|error| io_error("removing", &work, error))?;
+        let summary = collected.ingest(by_report, by_target, refused, progress)?;
+        std::fs::remove_dir_all(&collected.work)
+            .map_err(|error| io_error("removing", &collected.work, error))?;
         Ok(summary)
     }
+}
+
+/// A sort key of an id then an ordinal. Ids are printable ASCII and an ordinal's first byte is 0,
+/// so keys sort by id (bytewise, as RocksDB sorts them), then by ordinal.
+fn ordinal_key(report_id: &[u8], ordinal: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(report_id.len() + 8);
+    key.extend_from_slice(report_id);
+    key.extend_from_slice(&ordinal.to_be_bytes());
+    key
 }
 
 /// The registry and the spools once every record has been added.
@@ -305,36 +308,54 @@ struct Collected {
     db: DB,
     memory_bytes: usize,
     now: OffsetDateTime,
-    card_events: u64,
+    events: u64,
 }
 
+/// The SSTs of each ingested column family, in [`INGESTED`] order.
+type SstSet = [Vec<PathBuf>; 4];
+
 impl Collected {
-    /// Steps 2 to 5, then ingestion and the saved index; closes the database.
+    /// Steps 2 to 7.
     fn ingest(
         &self,
         by_report: Runs,
+        by_target: Runs,
         refused: &mut dyn FnMut(Origin, Refusal),
         progress: &mut dyn Progress,
     ) -> Result<BulkSummary, StoreError> {
         let last = last_sequence(&self.db)?;
         let mut summary = BulkSummary::default();
-        let dropped = self.deduplicate(by_report, &mut summary, refused, progress)?;
+        let mut dropped = self.deduplicate(by_report, &mut summary, refused, progress)?;
+        self.resolve_withdrawals(by_target, &mut dropped, &mut summary, refused, progress)?;
+        dropped.count_ranks();
+        let sequences = Sequences { last, dropped };
         let sst_cache = Cache::new_lru_cache(8 << 20);
         let sst_options = family_options(&sst_cache);
-        let (events, entries) = self.write_events(&sst_options, &dropped, last, progress)?;
-        let reports = self.write_reports(&sst_options, &dropped, last, progress)?;
+        let (events, entries) = self.write_events(&sst_options, &sequences, progress)?;
+        let reports = self.write_reports(&sst_options, &sequences, progress)?;
+        let withdrawals = self.write_waiting(&sst_options, &sequences)?;
         let (citizens, index) = self.write_citizens(&sst_options, entries, progress)?;
-        summary.accepted = self.card_events - dropped.count();
+        summary.accepted = self.events - sequences.dropped.count();
         summary.last_sequence = last + summary.accepted;
+        summary.numbers = index.len() as u64;
+        self.ingest_all(&[events, reports, withdrawals, citizens], progress)?;
+        if let Err(why) = snapshot::save(&self.data_dir, &self.db, &index, summary.last_sequence) {
+            tracing::warn!(%why, "the next start will rebuild the index");
+        }
+        Ok(summary)
+    }
 
-        progress.step("ingesting", 3);
+    /// Ingests every family's SSTs, crash-safely (see the module documentation).
+    fn ingest_all(&self, ssts: &SstSet, progress: &mut dyn Progress) -> Result<(), StoreError> {
+        progress.step("ingesting", INGESTED.len() as u64);
+        // The saved index does not know the imported numbers; a new one is saved after.
         snapshot::discard(&self.data_dir).map_err(|why| StoreError::DataDir {
             path: self.data_dir.clone(),
             why,
         })?;
         let kept = self.data_dir.join(KEPT_DIR);
         std::fs::create_dir_all(&kept).map_err(|error| io_error("creating", &kept, error))?;
-        for path in events.iter().chain(&reports).chain(&citizens) {
+        for path in ssts.iter().flatten() {
             let name = path.file_name().unwrap_or_default();
             std::fs::hard_link(path, kept.join(name))
                 .map_err(|error| io_error("linking", path, error))?;
@@ -345,27 +366,15 @@ impl Collected {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         self.db.put_opt(INGESTING_KEY, b"1", &sync)?;
-        for (done, (name, files)) in [
-            (CF_EVENTS, &events),
-            (CF_REPORTS, &reports),
-            (CF_CITIZENS, &citizens),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            ingest(&self.db, name, files)?;
+        for (done, (family, files)) in INGESTED.into_iter().zip(ssts).enumerate() {
+            ingest(&self.db, family, files)?;
             progress.done(done as u64 + 1);
         }
-        let saved = snapshot::save(&self.data_dir, &self.db, &index, summary.last_sequence);
-        if let Err(why) = saved {
-            tracing::warn!(%why, "the next start will rebuild the index");
-        }
         self.db.delete_opt(INGESTING_KEY, &sync)?;
-        std::fs::remove_dir_all(&kept).map_err(|error| io_error("removing", &kept, error))?;
-        Ok(summary)
+        std::fs::remove_dir_all(&kept).map_err(|error| io_error("removing", &kept, error))
     }
 
-    /// Step 2: merges the `report_id` sort with the stored reports and marks every card event that
+    /// Step 2: merges the `report_id` sort with the stored reports and marks every event that
     /// does not enter (duplicate or conflict) in the returned set of ordinals. Writes the accepted
     /// ids, in id order, to `accepted.spool`.
     fn deduplicate(
@@ -376,13 +385,9 @@ impl Collected {
         progress: &mut dyn Progress,
     ) -> Result<Ordinals, StoreError> {
         progress.step("checking report ids", by_report.len());
-        let mut dropped = Ordinals::new(self.card_events);
+        let mut dropped = Ordinals::new(self.events);
         let accepted_path = self.work.join("accepted.spool");
-        let mut accepted = BufWriter::with_capacity(
-            1 << 20,
-            File::create(&accepted_path)
-                .map_err(|error| io_error("creating", &accepted_path, error))?,
-        );
+        let mut accepted = create_spool(&accepted_path)?;
         let mut stored = self.db.raw_iterator_cf(column_family(&self.db, CF_REPORTS));
         stored.seek_to_first();
         /// The use of an id that the later ones are compared with.
@@ -404,19 +409,12 @@ impl Collected {
             let first = match &current {
                 Some((id, first)) if id == report_id => first,
                 _ => {
-                    while stored.key().is_some_and(|key| key < report_id) {
-                        stored.next();
-                    }
-                    stored.status()?;
-                    let first = match (stored.key(), stored.value()) {
-                        (Some(key), Some(slot)) if key == report_id => {
-                            let sequence = ReportSlot::decode(slot)?.sequence;
-                            First::Stored {
-                                sequence,
-                                hash: stored_hash(&self.db, sequence)?,
-                            }
-                        }
-                        _ => {
+                    let first = match stored_slot(&mut stored, report_id)? {
+                        Some(slot) => First::Stored {
+                            sequence: slot.sequence,
+                            hash: stored_hash(&self.db, slot.sequence)?,
+                        },
+                        None => {
                             let mut body = [0u8; 16];
                             body[..8].copy_from_slice(&ordinal.to_be_bytes());
                             body[8..].copy_from_slice(&value[28..36]);
@@ -456,99 +454,227 @@ impl Collected {
         accepted
             .flush()
             .map_err(|error| io_error("writing", &accepted_path, error))?;
-        dropped.count_ranks();
         Ok(dropped)
     }
 
-    /// Step 3: the accepted card events in file order become the log's next sequences; their
-    /// entries are sorted by number for step 5.
+    /// Step 3: finds each accepted withdrawal's target. One that marks a card event becomes a link
+    /// (`links.spool`), one whose target has not arrived waits (`waiting.spool`), and one that
+    /// withdraws an earlier withdrawal is refused and joins `dropped`.
+    fn resolve_withdrawals(
+        &self,
+        by_target: Runs,
+        dropped: &mut Ordinals,
+        summary: &mut BulkSummary,
+        refused: &mut dyn FnMut(Origin, Refusal),
+        progress: &mut dyn Progress,
+    ) -> Result<(), StoreError> {
+        progress.step("resolving withdrawals", by_target.len());
+        let mut links = create_spool(&self.work.join("links.spool"))?;
+        let mut waiting = create_spool(&self.work.join("waiting.spool"))?;
+        let mut accepted = AcceptedIds::open(&self.work.join("accepted.spool"))?;
+        let mut stored = self.db.raw_iterator_cf(column_family(&self.db, CF_REPORTS));
+        stored.seek_to_first();
+        let mut refusals: HashSet<u64> = HashSet::new();
+        // Withdrawals of earlier withdrawals of this import: whether each is refused depends on
+        // whether its target was, so they are decided in file order after the merge.
+        let mut of_withdrawals: Vec<(u64, u64, Origin, Vec<u8>)> = Vec::new();
+        let refuse = |ordinal: u64,
+                      origin: Origin,
+                      dropped: &mut Ordinals,
+                      summary: &mut BulkSummary,
+                      refusals: &mut HashSet<u64>,
+                      refused: &mut dyn FnMut(Origin, Refusal)| {
+            dropped.insert(ordinal);
+            refusals.insert(ordinal);
+            summary.refused += 1;
+            refused(
+                origin,
+                Refusal::Invalid(FieldError::new(
+                    "withdrawn.withdrawn_report_id",
+                    Rule::WithdrawsWithdrawal,
+                )),
+            );
+        };
+        let mut seen = 0u64;
+        by_target.merge(|key, value| -> Result<(), StoreError> {
+            let (target, ordinal) = key.split_at(key.len() - 8);
+            let ordinal = u64::from_be_bytes(array(ordinal));
+            let origin = Origin::decode(&value[16..28]);
+            seen += 1;
+            if seen.is_multiple_of(PROGRESS_EVERY) {
+                progress.done(seen);
+            }
+            if dropped.contains(ordinal) {
+                return Ok(());
+            }
+            let link = |links: &mut BufWriter<File>, number: u64, kind: u8, at: u64| {
+                let mut record = [0u8; LINK_BYTES];
+                record[..8].copy_from_slice(&number.to_be_bytes());
+                record[8..16].copy_from_slice(&ordinal.to_be_bytes());
+                record[16] = kind;
+                record[17..25].copy_from_slice(&at.to_be_bytes());
+                record[25..].copy_from_slice(&value[..16]);
+                links.write_all(&record)
+            };
+            if let Some((target_ordinal, number)) = accepted.find(target)? {
+                match number {
+                    0 if target_ordinal < ordinal => {
+                        of_withdrawals.push((ordinal, target_ordinal, origin, target.to_vec()));
+                    }
+                    0 => write_framed(&mut waiting, target, &ordinal.to_be_bytes())?,
+                    number => link(&mut links, number, LINK_IMPORTED, target_ordinal)?,
+                }
+            } else if let Some(slot) = stored_slot(&mut stored, target)? {
+                match slot.number {
+                    None => refuse(ordinal, origin, dropped, summary, &mut refusals, refused),
+                    Some(number) => link(&mut links, number.packed(), LINK_STORED, slot.sequence)?,
+                }
+            } else {
+                write_framed(&mut waiting, target, &ordinal.to_be_bytes())?;
+            }
+            Ok(())
+        })?;
+        of_withdrawals.sort_unstable_by_key(|(ordinal, ..)| *ordinal);
+        for (ordinal, target_ordinal, origin, target) in of_withdrawals {
+            if refusals.contains(&target_ordinal) {
+                // Its target never entered: it waits, as it would have online.
+                write_framed(&mut waiting, &target, &ordinal.to_be_bytes())?;
+            } else {
+                refuse(ordinal, origin, dropped, summary, &mut refusals, refused);
+            }
+        }
+        links.flush()?;
+        waiting.flush()?;
+        Ok(())
+    }
+
+    /// Step 4: the accepted events in file order become the log's next sequences; the entries of
+    /// card events and of the withdrawals that mark them are sorted by number for step 6.
     fn write_events(
         &self,
         sst_options: &Options,
-        dropped: &Ordinals,
-        last: u64,
+        sequences: &Sequences,
         progress: &mut dyn Progress,
     ) -> Result<(Vec<PathBuf>, Runs), StoreError> {
-        progress.step("writing events", self.card_events);
-        let spool = self.work.join("events.spool");
-        let mut input = BufReader::with_capacity(
-            1 << 20,
-            File::open(&spool).map_err(|error| io_error("opening", &spool, error))?,
-        );
-        let read_error = |error| io_error("reading", &spool, error);
+        progress.step("writing events", self.events);
+        let mut input = open_spool(&self.work.join("events.spool"))?;
         let mut ssts = SstFiles::new(sst_options, &self.work, CF_EVENTS);
-        let mut entries = Sorter::new(&self.work, "by-number", self.memory_bytes);
+        let mut entries = EntrySort(Sorter::new(&self.work, "by-number", self.memory_bytes));
         let recorded_at = proto::timestamp(self.now);
         let (mut head, mut canonical, mut change) = (Vec::new(), Vec::new(), Vec::new());
-        let mut sequence = last;
-        for ordinal in 0..self.card_events {
-            read_framed(&mut input, &mut head, &mut canonical).map_err(read_error)?;
+        for ordinal in 0..self.events {
+            read_framed(&mut input, &mut head, &mut canonical)?;
             if ordinal.is_multiple_of(PROGRESS_EVERY) {
                 progress.done(ordinal);
             }
-            if dropped.contains(ordinal) {
+            let Some(sequence) = sequences.of(ordinal) else {
                 continue;
-            }
-            sequence += 1;
+            };
             encode_change(sequence, &canonical, &recorded_at, &mut change);
             ssts.put(&codec::sequence_key(sequence), &change)?;
-            let (number, stated) = head.split_at(8);
-            for (n, bytes) in stated.chunks_exact(ENTRY_BYTES).enumerate() {
-                let mut entry = decode_stored_entry(bytes)?;
-                if n == 0 {
-                    entry.sequence = sequence;
-                } else {
-                    entry.fact = Fact::Withdrawal { target: sequence };
+            // A withdrawal's head is empty: its entry comes from its link below.
+            if let Some((number, stated)) = head.split_first_chunk::<8>() {
+                let number = u64::from_be_bytes(*number);
+                for (n, bytes) in stated.chunks_exact(ENTRY_BYTES).enumerate() {
+                    let mut entry = decode_spooled_entry(bytes)?;
+                    if n == 0 {
+                        entry.sequence = sequence;
+                    } else {
+                        entry.fact = Fact::Withdrawal { target: sequence };
+                    }
+                    entries.push(number, &entry)?;
                 }
-                let mut key = [0u8; 8 + ENTRY_BYTES];
-                key[..8].copy_from_slice(number);
-                key[8..].copy_from_slice(&codec::encode_entry(&entry));
-                entries
-                    .push(&key, &[])
-                    .map_err(|error| io_error("sorting", &self.work, error))?;
             }
         }
-        let entries = entries
-            .finish()
-            .map_err(|error| io_error("sorting", &self.work, error))?;
+        let mut links = open_spool(&self.work.join("links.spool"))?;
+        let mut record = [0u8; LINK_BYTES];
+        loop {
+            match links.read_exact(&mut record) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(error) => return Err(error.into()),
+            }
+            let at = u64::from_be_bytes(array(&record[17..25]));
+            let target = match record[16] {
+                LINK_STORED => Some(at),
+                _ => sequences.of(at),
+            };
+            let (Some(sequence), Some(target)) = (
+                sequences.of(u64::from_be_bytes(array(&record[8..16]))),
+                target,
+            ) else {
+                return Err(corrupt_spool("a link to an event that did not enter"));
+            };
+            let nanos = i128::from_be_bytes(array(&record[25..]));
+            let entry = Entry {
+                sequence,
+                occurred_at: OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                    .map_err(|error| corrupt_spool(&error.to_string()))?,
+                fact: Fact::Withdrawal { target },
+                withdrawn_by: None,
+            };
+            entries.push(u64::from_be_bytes(array(&record[..8])), &entry)?;
+        }
+        let entries = entries.0.finish()?;
         Ok((ssts.finish()?, entries))
     }
 
-    /// Step 4: the accepted ids, in id order, with the sequences step 3 gave them.
+    /// Step 5: the accepted ids, in id order, with the sequences step 4 gave them.
     fn write_reports(
         &self,
         sst_options: &Options,
-        dropped: &Ordinals,
-        last: u64,
+        sequences: &Sequences,
         progress: &mut dyn Progress,
     ) -> Result<Vec<PathBuf>, StoreError> {
-        let accepted = self.card_events - dropped.count();
-        progress.step("writing report ids", accepted);
-        let spool = self.work.join("accepted.spool");
-        let mut input = BufReader::with_capacity(
-            1 << 20,
-            File::open(&spool).map_err(|error| io_error("opening", &spool, error))?,
-        );
+        progress.step("writing report ids", self.events);
+        let mut accepted = AcceptedIds::open(&self.work.join("accepted.spool"))?;
         let mut ssts = SstFiles::new(sst_options, &self.work, CF_REPORTS);
-        let (mut report_id, mut body) = (Vec::new(), Vec::new());
-        for done in 0..accepted {
-            // Each record: the id, then its ordinal and number.
-            read_framed(&mut input, &mut report_id, &mut body)
-                .map_err(|error| io_error("reading", &spool, error))?;
-            let ordinal = u64::from_be_bytes(array(&body[..8]));
-            let slot = ReportSlot {
-                sequence: last + 1 + ordinal - dropped.rank(ordinal),
-                number: CitizenNumber::from_packed(u64::from_be_bytes(array(&body[8..16]))),
-            };
-            ssts.put(&report_id, &slot.encode())?;
+        let mut done = 0u64;
+        while accepted.advance()? {
+            done += 1;
             if done.is_multiple_of(PROGRESS_EVERY) {
                 progress.done(done);
             }
+            // A withdrawal refused in step 3 is in the spool but did not enter.
+            let Some(sequence) = sequences.of(accepted.ordinal) else {
+                continue;
+            };
+            let slot = ReportSlot {
+                sequence,
+                number: CitizenNumber::from_packed(accepted.number),
+            };
+            ssts.put(&accepted.report_id, &slot.encode())?;
         }
         ssts.finish()
     }
 
-    /// Step 5: each number's new entries folded into its stored state; every number with a
+    /// Step 5, continued: withdrawals whose target has not arrived, keyed as the writer keys them.
+    fn write_waiting(
+        &self,
+        sst_options: &Options,
+        sequences: &Sequences,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut input = open_spool(&self.work.join("waiting.spool"))?;
+        let mut keys = Sorter::new(&self.work, "waiting", self.memory_bytes / 8);
+        let (mut target, mut ordinal) = (Vec::new(), Vec::new());
+        loop {
+            match read_framed(&mut input, &mut target, &mut ordinal) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(error) => return Err(error.into()),
+            }
+            let sequence = sequences
+                .of(u64::from_be_bytes(array(&ordinal)))
+                .ok_or_else(|| corrupt_spool("a waiting withdrawal that did not enter"))?;
+            keys.push(&codec::withdrawal_key(&target, sequence), &[])?;
+        }
+        let mut ssts = SstFiles::new(sst_options, &self.work, CF_WITHDRAWALS);
+        keys.finish()?
+            .merge(|key, _| -> Result<(), StoreError> { ssts.put(key, &[]) })?;
+        ssts.finish()
+    }
+
+    /// Step 6: each number's new entries folded into its stored state; every number with a
     /// record, stored or new, goes into the index.
     fn write_citizens(
         &self,
@@ -585,7 +711,7 @@ impl Collected {
         let mut seen = 0u64;
         entries.merge(|key, _| -> Result<(), StoreError> {
             let number = u64::from_be_bytes(array(&key[..8]));
-            let entry = decode_stored_entry(&key[8..])?;
+            let entry = decode_spooled_entry(&key[8..])?;
             seen += 1;
             if seen.is_multiple_of(PROGRESS_EVERY) {
                 progress.done(seen);
@@ -604,6 +730,96 @@ impl Collected {
             fold(current, new)?;
         }
         Ok((ssts.finish()?, stored.rest()?))
+    }
+}
+
+/// A link record: the number, the withdrawal's ordinal, the kind of target and its sequence
+/// ([`LINK_STORED`]) or ordinal ([`LINK_IMPORTED`]), and the withdrawal's `occurred_at`.
+const LINK_BYTES: usize = 8 + 8 + 1 + 8 + 16;
+const LINK_STORED: u8 = 0;
+const LINK_IMPORTED: u8 = 1;
+
+fn corrupt_spool(why: &str) -> StoreError {
+    Corrupt {
+        what: "import spool",
+        why: why.into(),
+    }
+    .into()
+}
+
+/// Entries sorted by number, then sequence (an entry's encoding starts with its sequence).
+struct EntrySort(Sorter);
+
+impl EntrySort {
+    fn push(&mut self, number: u64, entry: &Entry) -> Result<(), StoreError> {
+        let mut key = [0u8; 8 + ENTRY_BYTES];
+        key[..8].copy_from_slice(&number.to_be_bytes());
+        key[8..].copy_from_slice(&codec::encode_entry(entry));
+        Ok(self.0.push(&key, &[])?)
+    }
+}
+
+/// The accepted ids of step 2, read in id order.
+struct AcceptedIds {
+    input: BufReader<File>,
+    report_id: Vec<u8>,
+    ordinal: u64,
+    /// The packed number, 0 for a withdrawal.
+    number: u64,
+    body: Vec<u8>,
+    ended: bool,
+}
+
+impl AcceptedIds {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            input: open_spool(path)?,
+            report_id: Vec::new(),
+            ordinal: 0,
+            number: 0,
+            body: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// Moves to the next id; `false` at the end.
+    fn advance(&mut self) -> Result<bool, StoreError> {
+        match read_framed(&mut self.input, &mut self.report_id, &mut self.body) {
+            Ok(()) => {
+                self.ordinal = u64::from_be_bytes(array(&self.body[..8]));
+                self.number = u64::from_be_bytes(array(&self.body[8..16]));
+                Ok(true)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.ended = true;
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The ordinal and number of `report_id` if it was accepted; ids must be asked in order.
+    fn find(&mut self, report_id: &[u8]) -> Result<Option<(u64, u64)>, StoreError> {
+        while !self.ended && (self.report_id.is_empty() || self.report_id.as_slice() < report_id) {
+            self.advance()?;
+        }
+        Ok((!self.ended && self.report_id == report_id).then_some((self.ordinal, self.number)))
+    }
+}
+
+/// The stored slot of `report_id`, moving a `reports` iterator forward; ids must be asked in
+/// order.
+fn stored_slot(
+    stored: &mut rocksdb::DBRawIterator<'_>,
+    report_id: &[u8],
+) -> Result<Option<ReportSlot>, StoreError> {
+    while stored.key().is_some_and(|key| key < report_id) {
+        stored.next();
+    }
+    stored.status()?;
+    match (stored.key(), stored.value()) {
+        (Some(key), Some(slot)) if key == report_id => Ok(Some(ReportSlot::decode(slot)?)),
+        _ => Ok(None),
     }
 }
 
@@ -654,7 +870,21 @@ impl StoredCitizens<'_> {
     }
 }
 
-/// A set of ordinals (card events that did not enter), with ranks: how many are below a given
+/// Turns ordinals into sequences: accepted events follow the log's last sequence in file order.
+struct Sequences {
+    last: u64,
+    dropped: Ordinals,
+}
+
+impl Sequences {
+    /// The sequence of the event with this ordinal; `None` if it did not enter.
+    fn of(&self, ordinal: u64) -> Option<u64> {
+        (!self.dropped.contains(ordinal))
+            .then(|| self.last + 1 + ordinal - self.dropped.rank(ordinal))
+    }
+}
+
+/// A set of ordinals (events that did not enter), with ranks: how many are below a given
 /// ordinal, which turns an ordinal into a sequence.
 struct Ordinals {
     bits: Vec<u64>,
@@ -790,7 +1020,7 @@ pub(super) fn finish_interrupted_ingestion(data_dir: &Path, db: &DB) -> Result<(
         .collect::<Result<_, _>>()
         .map_err(|error| refuse(error.to_string()))?;
     files.sort();
-    for family in [CF_EVENTS, CF_REPORTS, CF_CITIZENS] {
+    for family in INGESTED {
         let prefix = format!("{family}-");
         let of_family: Vec<PathBuf> = files
             .iter()
@@ -808,70 +1038,6 @@ pub(super) fn finish_interrupted_ingestion(data_dir: &Path, db: &DB) -> Result<(
     sync.set_sync(true);
     db.delete_opt(INGESTING_KEY, &sync)?;
     std::fs::remove_dir_all(&kept).map_err(|error| refuse(error.to_string()))?;
-    Ok(())
-}
-
-/// Step 6: the withdrawals, through the writer, many in flight, in file order.
-fn apply_withdrawals(
-    store: &Store,
-    spool: &Path,
-    now: OffsetDateTime,
-    summary: &mut BulkSummary,
-    refused: &mut dyn FnMut(Origin, Refusal),
-    progress: &mut dyn Progress,
-) -> Result<(), StoreError> {
-    let mut input = BufReader::with_capacity(
-        1 << 20,
-        File::open(spool).map_err(|error| io_error("opening", spool, error))?,
-    );
-    let mut in_flight = VecDeque::with_capacity(WITHDRAWALS_IN_FLIGHT);
-    let (mut head, mut canonical) = (Vec::new(), Vec::new());
-    let mut settle = |origin: Origin,
-                      outcome: Result<super::Applied, ApplyError>,
-                      summary: &mut BulkSummary|
-     -> Result<(), StoreError> {
-        match outcome {
-            Ok(applied) if applied.duplicate => summary.duplicates += 1,
-            Ok(_) => summary.accepted += 1,
-            Err(ApplyError::Store(error)) => return Err(error),
-            Err(ApplyError::Closed) => {
-                return Err(StoreError::Interrupted("the writer stopped".into()));
-            }
-            Err(refusal) => {
-                summary.refused += 1;
-                refused(origin, Refusal::Refused(refusal));
-            }
-        }
-        Ok(())
-    };
-    let mut done = 0u64;
-    loop {
-        match read_framed(&mut input, &mut head, &mut canonical) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(error) => return Err(io_error("reading", spool, error)),
-        }
-        let origin = Origin::decode(&head);
-        let wire = pb::RegistryEvent::decode(canonical.as_slice())
-            .map_err(|error| io_error("reading", spool, std::io::Error::other(error)))?;
-        match validate_event(&wire, now) {
-            Ok(valid) => in_flight.push_back((origin, store.enqueue_blocking(valid)?)),
-            Err(error) => settle(origin, Err(error.into()), summary)?,
-        }
-        if in_flight.len() == WITHDRAWALS_IN_FLIGHT
-            && let Some((origin, pending)) = in_flight.pop_front()
-        {
-            settle(origin, pending.outcome_blocking(), summary)?;
-        }
-        done += 1;
-        if done.is_multiple_of(1024) {
-            progress.done(done);
-        }
-    }
-    for (origin, pending) in in_flight {
-        settle(origin, pending.outcome_blocking(), summary)?;
-    }
-    progress.done(done);
     Ok(())
 }
 
@@ -895,7 +1061,7 @@ fn stored_hash(db: &DB, sequence: u64) -> Result<u128, StoreError> {
     Ok(xxh3_128(&event.encode_to_vec()))
 }
 
-fn decode_stored_entry(bytes: &[u8]) -> Result<Entry, Corrupt> {
+fn decode_spooled_entry(bytes: &[u8]) -> Result<Entry, Corrupt> {
     codec::decode_entry(bytes).map_err(|why| Corrupt {
         what: "import spool entry",
         why,

@@ -5,7 +5,6 @@ use prost::Message;
 use time::{Date, OffsetDateTime};
 
 use crate::card::{CitizenNumber, Expiry};
-use crate::event::ReportId;
 use crate::proto::v1 as pb;
 use crate::registry::{CardFact, CitizenState, Entry, Fact};
 
@@ -111,18 +110,17 @@ impl ReportSlot {
     }
 }
 
-/// Prefix of the withdrawals naming `target`: its length, then its bytes, so that no report id is
-/// a prefix of another's key.
-pub fn withdrawal_prefix(target: &ReportId) -> Vec<u8> {
-    let bytes = target.as_str().as_bytes();
-    let mut prefix = Vec::with_capacity(1 + bytes.len() + 8);
-    prefix.push(bytes.len() as u8);
-    prefix.extend_from_slice(bytes);
+/// Prefix of the withdrawals naming the `report_id` `target`: its length, then its bytes, so that
+/// no report id is a prefix of another's key.
+pub fn withdrawal_prefix(target: &[u8]) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(1 + target.len() + 8);
+    prefix.push(target.len() as u8);
+    prefix.extend_from_slice(target);
     prefix
 }
 
 /// Key of one withdrawal naming `target`: the prefix, then the withdrawal's sequence.
-pub fn withdrawal_key(target: &ReportId, sequence: u64) -> Vec<u8> {
+pub fn withdrawal_key(target: &[u8], sequence: u64) -> Vec<u8> {
     let mut key = withdrawal_prefix(target);
     key.extend_from_slice(&sequence.to_be_bytes());
     key
@@ -322,11 +320,10 @@ mod tests {
 
     #[test]
     fn withdrawal_keys_do_not_collide_across_prefixes() {
-        let short = ReportId::parse("r-1").unwrap();
-        let long = ReportId::parse("r-10").unwrap();
-        assert!(!withdrawal_key(&long, 1).starts_with(&withdrawal_prefix(&short)));
+        let (short, long) = (b"r-1", b"r-10");
+        assert!(!withdrawal_key(long, 1).starts_with(&withdrawal_prefix(short)));
         assert_eq!(
-            decode_withdrawal_key(&withdrawal_key(&long, 7)),
+            decode_withdrawal_key(&withdrawal_key(long, 7)),
             Ok((&b"r-10"[..], 7))
         );
     }

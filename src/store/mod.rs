@@ -151,11 +151,6 @@ impl PendingApply {
     pub async fn outcome(self) -> Result<Applied, ApplyError> {
         self.0.await.map_err(|_| ApplyError::Closed)?
     }
-
-    /// [`PendingApply::outcome`] for a caller outside the async runtime.
-    pub fn outcome_blocking(self) -> Result<Applied, ApplyError> {
-        self.0.blocking_recv().map_err(|_| ApplyError::Closed)?
-    }
 }
 
 /// The registry's durable state and the index that caches it.
@@ -225,17 +220,6 @@ impl Store {
             .send(writer::Submission { event, reply })
             .await
             .map_err(|_| ApplyError::Closed)?;
-        Ok(PendingApply(outcome))
-    }
-
-    /// [`Store::enqueue`] for a caller outside the async runtime (a bulk import).
-    pub fn enqueue_blocking(&self, event: ValidEvent) -> Result<PendingApply, StoreError> {
-        let closed = || StoreError::Interrupted("the writer stopped".into());
-        let writer = self.writer.as_ref().ok_or_else(closed)?;
-        let (reply, outcome) = oneshot::channel();
-        writer
-            .blocking_send(writer::Submission { event, reply })
-            .map_err(|_| closed())?;
         Ok(PendingApply(outcome))
     }
 

@@ -162,7 +162,7 @@ impl<'a> Overlay<'a> {
 
     /// Sequences of the withdrawals naming `target`, stored or in this group.
     fn withdrawals_of(&self, target: &ReportId) -> Result<Vec<u64>, StoreError> {
-        let prefix = codec::withdrawal_prefix(target);
+        let prefix = codec::withdrawal_prefix(target.as_str().as_bytes());
         let cf = self.shared.cf(CF_WITHDRAWALS);
         let mut sequences = Vec::new();
         for item in self.shared.db.prefix_iterator_cf(cf, &prefix) {
@@ -304,7 +304,7 @@ impl<'a> Overlay<'a> {
         for (target, sequence) in &self.pending_withdrawals {
             batch.put_cf(
                 shared.cf(CF_WITHDRAWALS),
-                codec::withdrawal_key(target, *sequence),
+                codec::withdrawal_key(target.as_str().as_bytes(), *sequence),
                 [],
             );
         }
