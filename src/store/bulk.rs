@@ -1111,6 +1111,7 @@ fn read_framed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::v1 as pb;
 
     #[test]
     fn changes_are_encoded_as_prost_encodes_them() {
