@@ -103,7 +103,7 @@ fn store_hit(c: &mut Criterion) {
                     kind: pb::LossKind::Stolen.into(),
                 })),
             };
-            let valid = validate_event(&wire, now).expect("valid event");
+            let valid = validate_event(wire, now).expect("valid event");
             pending.push(store.enqueue(valid).await.expect("queued"));
         }
         for applied in pending {

@@ -538,12 +538,12 @@ async fn submit_files(
     let reader = tokio::task::spawn_blocking(move || -> Result<u64, CliError> {
         let mut refused_here = 0;
         for file in files {
-            let records = crate::export::read_records(&file).map_err(|source| CliError::Read {
+            let records = crate::export::read_events(&file).map_err(|source| CliError::Read {
                 path: file.clone(),
                 source,
             })?;
             for (line, record) in records {
-                match record.and_then(|record| record.to_wire().map_err(|e| e.to_string())) {
+                match record {
                     Ok(event) => {
                         let origin = Origin {
                             file: file.clone(),

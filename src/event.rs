@@ -93,17 +93,18 @@ pub struct ValidEvent {
 
 /// Validates every field of a wire event against the card rules and the event rules; the error
 /// names the first field that broke a rule.
+///
+/// The event is taken by value: it becomes the canonical form, rewritten in place.
 pub fn validate_event(
-    wire: &pb::RegistryEvent,
+    mut canonical: pb::RegistryEvent,
     now: OffsetDateTime,
 ) -> Result<ValidEvent, FieldError> {
     let today = china_today(now);
     let report_id =
-        ReportId::parse(&wire.report_id).map_err(|rule| FieldError::new("report_id", rule))?;
-    validate_authority(&wire.authority).map_err(|rule| FieldError::new("authority", rule))?;
-    let occurred_at = validate_occurred_at(wire.occurred_at.as_ref(), now)
+        ReportId::parse(&canonical.report_id).map_err(|rule| FieldError::new("report_id", rule))?;
+    validate_authority(&canonical.authority).map_err(|rule| FieldError::new("authority", rule))?;
+    let occurred_at = validate_occurred_at(canonical.occurred_at.as_ref(), now)
         .map_err(|rule| FieldError::new("occurred_at", rule))?;
-    let mut canonical = wire.clone();
     let kind = match canonical.kind.as_mut() {
         None => return Err(FieldError::new("kind", Rule::Required)),
         Some(pb::registry_event::Kind::Reported(reported)) => {
@@ -140,7 +141,7 @@ pub fn validate_event(
                 .map_err(|rule| FieldError::new("cancelled.note", rule))?;
             let number = card::parse_registrable_number(&cancelled.id_number, today)
                 .map_err(|rule| FieldError::new("cancelled.id_number", rule))?;
-            cancelled.id_number = number.to_string();
+            to_canonical_case(&mut cancelled.id_number);
             EventKind::Cancelled { number }
         }
         Some(pb::registry_event::Kind::Withdrawn(withdrawn)) => {
@@ -181,9 +182,16 @@ fn registrable_card(wire: &mut Option<pb::CardRef>, today: time::Date) -> Result
         today,
     )
     .map_err(|error| error.within("card"))?;
-    wire.id_number = card.number.to_string();
-    wire.expiry_date = card.expiry.to_string();
+    to_canonical_case(&mut wire.id_number);
+    to_canonical_case(&mut wire.expiry_date);
     Ok(card)
+}
+
+/// Rewrites a valid number or expiry in its canonical form. A text that passed the card rules can
+/// differ from the canonical form only in letter case (`x`, `long`), so this is done in place
+/// rather than by formatting a new string for every event of a bulk import.
+fn to_canonical_case(text: &mut String) {
+    text.make_ascii_uppercase();
 }
 
 /// An authority is a 6-digit division code whose first two digits are a province-level code,
@@ -257,12 +265,12 @@ mod tests {
     }
 
     fn field_of(wire: &pb::RegistryEvent) -> String {
-        validate_event(wire, NOW).unwrap_err().field
+        validate_event(wire.clone(), NOW).unwrap_err().field
     }
 
     #[test]
     fn canonical_form_normalises_case() {
-        let valid = validate_event(&reported("11010519491231002x"), NOW).unwrap();
+        let valid = validate_event(reported("11010519491231002x"), NOW).unwrap();
         let Some(Kind::Reported(canonical)) = valid.canonical.kind else {
             panic!("kind changed")
         };
@@ -290,7 +298,7 @@ mod tests {
         }
         for good in ["440305", "4403051", "440305-PSB.unit_7"] {
             wire.authority = good.into();
-            assert!(validate_event(&wire, NOW).is_ok(), "{good:?}");
+            assert!(validate_event(wire.clone(), NOW).is_ok(), "{good:?}");
         }
 
         let mut wire = reported("11010519491231002X");
@@ -317,7 +325,7 @@ mod tests {
             r.kind = 9;
         }
         assert_eq!(
-            validate_event(&wire, NOW).unwrap_err(),
+            validate_event(wire.clone(), NOW).unwrap_err(),
             FieldError::new("reported.kind", Rule::UnknownEnum(9))
         );
     }
@@ -330,7 +338,7 @@ mod tests {
             note: String::new(),
         }));
         assert_eq!(
-            validate_event(&wire, NOW).unwrap_err(),
+            validate_event(wire.clone(), NOW).unwrap_err(),
             FieldError::new("withdrawn.withdrawn_report_id", Rule::WithdrawsItself)
         );
     }

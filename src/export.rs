@@ -13,6 +13,10 @@
 //!
 //! Fields a kind does not use are empty (CSV) or may be left out (NDJSON).
 
+use std::borrow::Cow;
+use std::io::{self, BufRead};
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -44,13 +48,55 @@ impl ExportRecord {
     /// The wire event this record describes; the event's own rules are checked by
     /// [`crate::event::validate_event`] after this.
     pub fn to_wire(&self) -> Result<pb::RegistryEvent, FieldError> {
+        RecordText {
+            report_id: Cow::Borrowed(&self.report_id),
+            authority: Cow::Borrowed(&self.authority),
+            occurred_at: Cow::Borrowed(&self.occurred_at),
+            kind: Cow::Borrowed(&self.kind),
+            id_number: Cow::Borrowed(&self.id_number),
+            issue_date: Cow::Borrowed(&self.issue_date),
+            expiry_date: Cow::Borrowed(&self.expiry_date),
+            withdrawn_report_id: Cow::Borrowed(&self.withdrawn_report_id),
+            note: Cow::Borrowed(&self.note),
+        }
+        .to_wire()
+    }
+}
+
+/// A record as read, borrowing its text from the line where it can: a bulk import reads hundreds
+/// of millions, and the only strings it allocates are those of the wire event.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordText<'a> {
+    #[serde(borrow)]
+    report_id: Cow<'a, str>,
+    #[serde(borrow)]
+    authority: Cow<'a, str>,
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id_number: Cow<'a, str>,
+    #[serde(default, borrow)]
+    issue_date: Cow<'a, str>,
+    #[serde(default, borrow)]
+    expiry_date: Cow<'a, str>,
+    #[serde(default, borrow)]
+    withdrawn_report_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    note: Cow<'a, str>,
+}
+
+impl RecordText<'_> {
+    fn to_wire(&self) -> Result<pb::RegistryEvent, FieldError> {
         let occurred_at = OffsetDateTime::parse(&self.occurred_at, &Rfc3339)
             .map_err(|_| FieldError::new("occurred_at", Rule::BadTimestamp))?;
         let card = || {
             Some(pb::CardRef {
-                id_number: self.id_number.clone(),
-                issue_date: self.issue_date.clone(),
-                expiry_date: self.expiry_date.clone(),
+                id_number: self.id_number.as_ref().to_owned(),
+                issue_date: self.issue_date.as_ref().to_owned(),
+                expiry_date: self.expiry_date.as_ref().to_owned(),
             })
         };
         let reported = |kind: pb::LossKind| {
@@ -60,81 +106,92 @@ impl ExportRecord {
             })
         };
         use pb::registry_event::Kind;
-        let kind = match self.kind.as_str() {
+        let kind = match self.kind.as_ref() {
             "lost" => reported(pb::LossKind::Lost),
             "stolen" => reported(pb::LossKind::Stolen),
             "issued" => Kind::Issued(pb::CardIssued { card: card() }),
             "revoked" => Kind::Revoked(pb::CardRevoked {
                 card: card(),
-                note: self.note.clone(),
+                note: self.note.as_ref().to_owned(),
             }),
             "cancelled" => Kind::Cancelled(pb::CitizenCancelled {
-                id_number: self.id_number.clone(),
-                note: self.note.clone(),
+                id_number: self.id_number.as_ref().to_owned(),
+                note: self.note.as_ref().to_owned(),
             }),
             "withdrawn" => Kind::Withdrawn(pb::ReportWithdrawn {
-                withdrawn_report_id: self.withdrawn_report_id.clone(),
-                note: self.note.clone(),
+                withdrawn_report_id: self.withdrawn_report_id.as_ref().to_owned(),
+                note: self.note.as_ref().to_owned(),
             }),
             other => {
                 return Err(FieldError::new("kind", Rule::UnknownKind(other.to_owned())));
             }
         };
         Ok(pb::RegistryEvent {
-            report_id: self.report_id.clone(),
-            authority: self.authority.clone(),
+            report_id: self.report_id.as_ref().to_owned(),
+            authority: self.authority.as_ref().to_owned(),
             occurred_at: Some(proto::timestamp(occurred_at)),
             kind: Some(kind),
         })
     }
 }
 
-/// The records of an export file, each with its line number; one that cannot be read says why.
-pub type NumberedRecords = Box<dyn Iterator<Item = (u64, Result<ExportRecord, String>)>>;
+/// The events of an export file, each with its line number; a record that cannot be read, or
+/// names no event, says why.
+pub type NumberedEvents = Box<dyn Iterator<Item = (u64, Result<pb::RegistryEvent, String>)> + Send>;
 
-/// Reads an export file, NDJSON or (by a `.csv` name) CSV.
-pub fn read_records(path: &std::path::Path) -> std::io::Result<NumberedRecords> {
-    read_records_from(path, std::fs::File::open(path)?)
+/// Reads the events of an export file, NDJSON or (by a `.csv` name) CSV.
+pub fn read_events(path: &Path) -> io::Result<NumberedEvents> {
+    read_events_from(path, std::fs::File::open(path)?)
 }
 
-/// [`read_records`] from an already open `input` (a reader that counts its bytes, say), named
+/// [`read_events`] from an already open `input` (a reader that counts its bytes, say), named
 /// `path` for its format.
-pub fn read_records_from(
-    path: &std::path::Path,
-    input: impl std::io::Read + 'static,
-) -> std::io::Result<NumberedRecords> {
-    let file = std::io::BufReader::with_capacity(1 << 20, input);
+pub fn read_events_from(
+    path: &Path,
+    input: impl io::Read + Send + 'static,
+) -> io::Result<NumberedEvents> {
+    let input = io::BufReader::with_capacity(1 << 20, input);
+    let wire = |text: RecordText<'_>| text.to_wire().map_err(|error| error.to_string());
     if path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"))
     {
-        let mut reader = csv::Reader::from_reader(file);
-        let headers = reader.headers().map_err(std::io::Error::other)?.clone();
-        let line = |position: Option<&csv::Position>| position.map_or(0, csv::Position::line);
-        let records = reader.into_records().map(move |record| match record {
-            Ok(record) => (
-                line(record.position()),
-                record
-                    .deserialize(Some(&headers))
-                    .map_err(|error| error.to_string()),
-            ),
-            Err(error) => (line(error.position()), Err(error.to_string())),
-        });
-        Ok(Box::new(records))
-    } else {
-        use std::io::BufRead;
-        let lines = file
-            .lines()
-            .zip(1u64..)
-            .filter_map(|(line, number)| match line {
-                Ok(line) if line.trim().is_empty() => None,
-                Ok(line) => Some((
-                    number,
-                    serde_json::from_str::<ExportRecord>(&line).map_err(|error| error.to_string()),
+        let mut reader = csv::Reader::from_reader(input);
+        let headers = reader.byte_headers().map_err(io::Error::other)?.clone();
+        let mut record = csv::ByteRecord::new();
+        let events = std::iter::from_fn(move || {
+            let line = |position: Option<&csv::Position>| position.map_or(0, csv::Position::line);
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => None,
+                Ok(true) => Some((
+                    line(record.position()),
+                    record
+                        .deserialize::<RecordText<'_>>(Some(&headers))
+                        .map_err(|error| error.to_string())
+                        .and_then(wire),
                 )),
-                Err(error) => Some((number, Err(error.to_string()))),
-            });
-        Ok(Box::new(lines))
+                Err(error) => Some((line(error.position()), Err(error.to_string()))),
+            }
+        });
+        Ok(Box::new(events.fuse()))
+    } else {
+        let mut lines = input.lines().zip(1u64..);
+        let events = std::iter::from_fn(move || {
+            loop {
+                let (line, number) = lines.next()?;
+                match line {
+                    Ok(line) if line.trim().is_empty() => continue,
+                    Ok(line) => {
+                        let event = serde_json::from_str::<RecordText<'_>>(&line)
+                            .map_err(|error| error.to_string())
+                            .and_then(wire);
+                        return Some((number, event));
+                    }
+                    Err(error) => return Some((number, Err(error.to_string()))),
+                }
+            }
+        });
+        Ok(Box::new(events))
     }
 }
 
@@ -192,8 +249,8 @@ mod tests {
     #[test]
     fn ndjson_may_leave_out_unused_fields_but_not_add_unknown_ones() {
         let line = r#"{"report_id":"w","authority":"440305","occurred_at":"2025-06-01T10:00:00Z","kind":"withdrawn","withdrawn_report_id":"r-1"}"#;
-        let record: ExportRecord = serde_json::from_str(line).unwrap();
+        let record: RecordText<'_> = serde_json::from_str(line).unwrap();
         assert_eq!(record.withdrawn_report_id, "r-1");
-        assert!(serde_json::from_str::<ExportRecord>(r#"{"report_id":"w","authority":"440305","occurred_at":"x","kind":"lost","colour":"red"}"#).is_err());
+        assert!(serde_json::from_str::<RecordText<'_>>(r#"{"report_id":"w","authority":"440305","occurred_at":"x","kind":"lost","colour":"red"}"#).is_err());
     }
 }

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
 use crate::event::{ValidEvent, validate_event};
-use crate::export::read_records_from;
+use crate::export::read_events_from;
 use crate::store::{BulkLoad, BulkSummary, Origin, Progress, Refusal, StoreError, StoreOptions};
 
 /// Records handed between the import's threads at once.
@@ -78,7 +78,7 @@ pub enum ImportError {
 }
 
 /// One record, as far as the thread that read it got.
-type Read1 = (Origin, Result<crate::export::ExportRecord, String>);
+type Read1 = (Origin, Result<crate::proto::v1::RegistryEvent, String>);
 /// One record, validated.
 type Checked = (Origin, Result<ValidEvent, String>);
 
@@ -113,11 +113,23 @@ pub fn import(plan: &ImportPlan) -> Result<ImportReport, ImportError> {
     let (read_out, read_in) = sync_channel::<Vec<Read1>>(CHUNKS_QUEUED);
     let (checked_out, checked_in) = sync_channel::<Vec<Checked>>(CHUNKS_QUEUED);
     let (records, invalid) = std::thread::scope(|scope| -> Result<(u64, u64), ImportError> {
+        let spawn_error = |source| ImportError::Read {
+            path: plan.files[0].clone(),
+            source,
+        };
         let reader = {
             let bytes_read = Arc::clone(&bytes_read);
-            scope.spawn(move || read_files(&plan.files, &bytes_read, read_out))
+            std::thread::Builder::new()
+                .name("import-read".into())
+                .spawn_scoped(scope, move || {
+                    read_files(&plan.files, &bytes_read, read_out)
+                })
+                .map_err(spawn_error)?
         };
-        scope.spawn(move || validate(read_in, now, checked_out));
+        std::thread::Builder::new()
+            .name("import-validate".into())
+            .spawn_scoped(scope, move || validate(read_in, now, checked_out))
+            .map_err(spawn_error)?;
         let mut counts = (0u64, 0u64);
         for chunk in checked_in {
             for (origin, checked) in chunk {
@@ -186,7 +198,7 @@ fn read_files(
             input,
             count: Arc::clone(bytes_read),
         };
-        let records = read_records_from(path, counted).map_err(|source| ImportError::Read {
+        let records = read_events_from(path, counted).map_err(|source| ImportError::Read {
             path: path.clone(),
             source,
         })?;
@@ -213,11 +225,9 @@ fn validate(input: Receiver<Vec<Read1>>, now: OffsetDateTime, out: SyncSender<Ve
     for chunk in input {
         let checked = chunk
             .into_iter()
-            .map(|(origin, record)| {
-                let valid = record.and_then(|record| {
-                    let wire = record.to_wire().map_err(|error| error.to_string())?;
-                    validate_event(&wire, now).map_err(|error| error.to_string())
-                });
+            .map(|(origin, wire)| {
+                let valid = wire
+                    .and_then(|wire| validate_event(wire, now).map_err(|error| error.to_string()));
                 (origin, valid)
             })
             .collect();

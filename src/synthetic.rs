@@ -400,7 +400,7 @@ mod tests {
             let wire = record
                 .to_wire()
                 .unwrap_or_else(|e| panic!("record {i}: {e}: {record:?}"));
-            validate_event(&wire, NOW).unwrap_or_else(|e| panic!("record {i}: {e}: {record:?}"));
+            validate_event(wire, NOW).unwrap_or_else(|e| panic!("record {i}: {e}: {record:?}"));
             *counts.entry(record.kind).or_insert(0u32) += 1;
         }
         let share = |kind: &str| f64::from(counts[kind]) / 20_000.0;

@@ -327,7 +327,7 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
         runtime.block_on(async {
             let now = time::OffsetDateTime::now_utc();
             for k in range {
-                let valid = idguard::event::validate_event(&loss("i", k), now).unwrap();
+                let valid = idguard::event::validate_event(loss("i", k), now).unwrap();
                 store.apply(valid).await.unwrap();
             }
         })
@@ -384,7 +384,7 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
         let now = time::OffsetDateTime::now_utc();
         for k in 1000..1150 {
             store
-                .apply(idguard::event::validate_event(&loss("o", k), now).unwrap())
+                .apply(idguard::event::validate_event(loss("o", k), now).unwrap())
                 .await
                 .unwrap();
         }

@@ -63,13 +63,18 @@ fn refused_lines(text: &str) -> BTreeSet<String> {
 
 /// Every number named in the files, as the online path would have recorded it.
 fn numbers_in(files: &[&Path]) -> BTreeSet<String> {
+    use pb::registry_event::Kind;
     let mut numbers = BTreeSet::new();
     for file in files {
-        for (_, record) in idguard::export::read_records(file).unwrap() {
-            let Ok(record) = record else { continue };
-            if !record.id_number.is_empty() {
-                numbers.insert(record.id_number.to_uppercase());
-            }
+        for (_, event) in idguard::export::read_events(file).unwrap() {
+            let number = match event.ok().and_then(|event| event.kind) {
+                Some(Kind::Reported(pb::CardReported { card, .. }))
+                | Some(Kind::Issued(pb::CardIssued { card }))
+                | Some(Kind::Revoked(pb::CardRevoked { card, .. })) => card.map(|c| c.id_number),
+                Some(Kind::Cancelled(cancelled)) => Some(cancelled.id_number),
+                _ => None,
+            };
+            numbers.extend(number.map(|number| number.to_uppercase()));
         }
     }
     numbers
@@ -240,13 +245,8 @@ async fn watched(server: &ChildServer, last: u64) -> BTreeSet<String> {
 fn an_import_into_a_registry_with_events_merges_with_them() {
     let dir = tempfile::tempdir().unwrap();
     let generator = Generator::new(11, AS_OF);
-    let all = dir.path().join("all.csv");
-    write_csv(&all, &generator, 6000);
     // Two overlapping halves: records 2900..3000 are in both.
-    let records: Vec<ExportRecord> = idguard::export::read_records(&all)
-        .unwrap()
-        .map(|(_, record)| record.unwrap())
-        .collect();
+    let records: Vec<ExportRecord> = (0..6000).map(|i| generator.record(i)).collect();
     let (first_half, second_half): (PathBuf, PathBuf) = (
         dir.path().join("first.ndjson"),
         dir.path().join("second.ndjson"),
@@ -281,8 +281,8 @@ fn an_import_into_a_registry_with_events_merges_with_them() {
         .chain(&second_records[100..])
         .cloned()
         .collect();
-    write_ndjson(&all.with_extension("ndjson"), &all_records);
-    let all = all.with_extension("ndjson");
+    let all = dir.path().join("all.ndjson");
+    write_ndjson(&all, &all_records);
 
     let imported_dir = dir.path().join("imported");
     let rejects = dir.path().join("rejects.txt");

@@ -125,7 +125,7 @@ fn verdicts_after(order: &[pb::RegistryEvent]) -> Vec<Verdict> {
         let store = Arc::new(Store::open(dir.path()).expect("store opens"));
         let now = OffsetDateTime::now_utc();
         for wire in order {
-            let valid = validate_event(wire, now).expect("generated events are valid");
+            let valid = validate_event(wire.clone(), now).expect("generated events are valid");
             // A withdrawal of a withdrawal may be refused in one order and accepted without
             // effect in another; either way the verdicts must agree.
             let _ = store.apply(valid).await;

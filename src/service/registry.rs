@@ -84,13 +84,16 @@ async fn read_submissions(
         );
         let next = match received.await {
             Ok(None) => return,
-            Ok(Some(event)) => match validate_event(&event, now()) {
-                Err(error) => InFlight::Refused(event.report_id, invalid_argument(error)),
-                Ok(valid) => match store.enqueue(valid).await {
-                    Ok(pending) => InFlight::Queued(event.report_id, pending),
-                    Err(error) => InFlight::Refused(event.report_id, error.into()),
-                },
-            },
+            Ok(Some(event)) => {
+                let report_id = event.report_id.clone();
+                match validate_event(event, now()) {
+                    Err(error) => InFlight::Refused(report_id, invalid_argument(error)),
+                    Ok(valid) => match store.enqueue(valid).await {
+                        Ok(pending) => InFlight::Queued(report_id, pending),
+                        Err(error) => InFlight::Refused(report_id, error.into()),
+                    },
+                }
+            }
             Err(status) => InFlight::End(status),
         };
         let ended = matches!(next, InFlight::End(_));
@@ -123,7 +126,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegistryEvent>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let valid = validate_event(request.get_ref(), now()).map_err(invalid_argument)?;
+        let valid = validate_event(request.into_inner(), now()).map_err(invalid_argument)?;
         let report_id = valid.event.report_id.as_str().to_owned();
         let applied = self.store.apply(valid).await?;
         tracing::info!(
