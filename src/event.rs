@@ -190,7 +190,7 @@ fn registrable_card(wire: &mut Option<pb::CardRef>, today: time::Date) -> Result
 /// Rewrites a valid number or expiry in its canonical form. A text that passed the card rules can
 /// differ from the canonical form only in letter case (`x`, `long`), so this is done in place
 /// rather than by formatting a new string for every event of a bulk import.
-fn to_canonical_case(text: &mut String) {
+fn to_canonical_case(text: &mut str) {
     text.make_ascii_uppercase();
 }
 
