@@ -11,11 +11,15 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 /// Bytes of buffered reading per run while merging.
 const RUN_READ_BUFFER: usize = 1 << 20;
 
 /// Collects records and spills them to sorted runs whenever `budget` bytes are buffered.
+///
+/// A full buffer is sorted and written by a thread of its own while the next one fills, so the
+/// budget is split between the two.
 pub struct Sorter {
     dir: PathBuf,
     name: &'static str,
@@ -24,6 +28,8 @@ pub struct Sorter {
     /// Per record: the first 8 key bytes (most comparisons end there) and its arena offset.
     records: Vec<(u64, usize)>,
     runs: Vec<PathBuf>,
+    /// The run being written in the background.
+    spilling: Option<JoinHandle<io::Result<()>>>,
     count: u64,
 }
 
@@ -60,10 +66,11 @@ impl Sorter {
         Self {
             dir: dir.to_owned(),
             name,
-            budget: budget.max(1 << 16),
+            budget: (budget / 2).max(1 << 16),
             arena: Vec::new(),
             records: Vec::new(),
             runs: Vec::new(),
+            spilling: None,
             count: 0,
         }
     }
@@ -85,39 +92,53 @@ impl Sorter {
     }
 
     fn spill(&mut self) -> io::Result<()> {
+        self.wait_for_spill()?;
         if self.records.is_empty() {
             return Ok(());
         }
-        let arena = &self.arena;
-        self.records
-            .sort_unstable_by(|(a_prefix, a), (b_prefix, b)| {
-                a_prefix
-                    .cmp(b_prefix)
-                    .then_with(|| record_at(arena, *a).0.cmp(record_at(arena, *b).0))
-            });
         let path = self
             .dir
             .join(format!("{}-{}.run", self.name, self.runs.len()));
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
-        for &(_, offset) in &self.records {
-            let (key, value) = record_at(arena, offset);
-            out.write_all(&arena[offset..offset + 6 + key.len() + value.len()])?;
-        }
-        out.flush()?;
-        self.runs.push(path);
-        self.arena.clear();
-        self.records.clear();
+        self.runs.push(path.clone());
+        let arena = std::mem::take(&mut self.arena);
+        let records = std::mem::take(&mut self.records);
+        self.spilling = Some(std::thread::spawn(move || write_run(&path, arena, records)));
         Ok(())
+    }
+
+    fn wait_for_spill(&mut self) -> io::Result<()> {
+        match self.spilling.take() {
+            Some(spilling) => spilling
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(()),
+        }
     }
 
     /// Writes what is still buffered and frees the buffer.
     pub fn finish(mut self) -> io::Result<Runs> {
         self.spill()?;
+        self.wait_for_spill()?;
         Ok(Runs {
             runs: std::mem::take(&mut self.runs),
             count: self.count,
         })
     }
+}
+
+/// Sorts a buffer by key and writes it out as a run.
+fn write_run(path: &Path, arena: Vec<u8>, mut records: Vec<(u64, usize)>) -> io::Result<()> {
+    records.sort_unstable_by(|(a_prefix, a), (b_prefix, b)| {
+        a_prefix
+            .cmp(b_prefix)
+            .then_with(|| record_at(&arena, *a).0.cmp(record_at(&arena, *b).0))
+    });
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    for &(_, offset) in &records {
+        let (key, value) = record_at(&arena, offset);
+        out.write_all(&arena[offset..offset + 6 + key.len() + value.len()])?;
+    }
+    out.flush()
 }
 
 /// One run being read during a merge, holding its current record.

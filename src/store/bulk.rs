@@ -331,8 +331,17 @@ impl Collected {
         let sequences = Sequences { last, dropped };
         let sst_cache = Cache::new_lru_cache(8 << 20);
         let sst_options = family_options(&sst_cache);
-        let (events, entries) = self.write_events(&sst_options, &sequences, progress)?;
-        let reports = self.write_reports(&sst_options, &sequences, progress)?;
+        // Independent, so the reports are written on the other core meanwhile.
+        let (events, reports) = std::thread::scope(|scope| {
+            let reports = scope.spawn(|| self.write_reports(&sst_options, &sequences));
+            let events = self.write_events(&sst_options, &sequences, progress);
+            let reports = reports
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (events, reports)
+        });
+        let (events, entries) = events?;
+        let reports = reports?;
         let withdrawals = self.write_waiting(&sst_options, &sequences)?;
         let (citizens, index) = self.write_citizens(&sst_options, entries, progress)?;
         summary.accepted = self.events - sequences.dropped.count();
@@ -556,7 +565,7 @@ impl Collected {
         sequences: &Sequences,
         progress: &mut dyn Progress,
     ) -> Result<(Vec<PathBuf>, Runs), StoreError> {
-        progress.step("writing events", self.events);
+        progress.step("writing events and report ids", self.events);
         let mut input = open_spool(&self.work.join("events.spool"))?;
         let mut ssts = SstFiles::new(sst_options, &self.work, CF_EVENTS);
         let mut entries = EntrySort(Sorter::new(&self.work, "by-number", self.memory_bytes));
@@ -619,22 +628,15 @@ impl Collected {
         Ok((ssts.finish()?, entries))
     }
 
-    /// Step 5: the accepted ids, in id order, with the sequences step 4 gave them.
+    /// Step 5: the accepted ids, in id order, with the sequences step 4 gives them.
     fn write_reports(
         &self,
         sst_options: &Options,
         sequences: &Sequences,
-        progress: &mut dyn Progress,
     ) -> Result<Vec<PathBuf>, StoreError> {
-        progress.step("writing report ids", self.events);
         let mut accepted = AcceptedIds::open(&self.work.join("accepted.spool"))?;
         let mut ssts = SstFiles::new(sst_options, &self.work, CF_REPORTS);
-        let mut done = 0u64;
         while accepted.advance()? {
-            done += 1;
-            if done.is_multiple_of(PROGRESS_EVERY) {
-                progress.done(done);
-            }
             // A withdrawal refused in step 3 is in the spool but did not enter.
             let Some(sequence) = sequences.of(accepted.ordinal) else {
                 continue;
