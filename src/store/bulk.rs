@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use prost::Message;
 use rocksdb::{Cache, DB, IngestExternalFileOptions, Options, SstFileWriter, WriteOptions};
@@ -625,6 +626,9 @@ impl Collected {
             entries.push(u64::from_be_bytes(array(&record[..8])), &entry)?;
         }
         let entries = entries.0.finish()?;
+        // The spool is as large as the input: give the disk back before the next steps.
+        drop(input);
+        std::fs::remove_file(self.work.join("events.spool"))?;
         Ok((ssts.finish()?, entries))
     }
 
@@ -709,30 +713,60 @@ impl Collected {
                 .for_each(|entry| state.record(entry));
             ssts.put(&number.to_be_bytes(), &codec::encode_citizen(&state))
         };
-        let mut group: Option<(u64, Vec<Entry>)> = None;
-        let mut seen = 0u64;
-        entries.merge(|key, _| -> Result<(), StoreError> {
-            let number = u64::from_be_bytes(array(&key[..8]));
-            let entry = decode_spooled_entry(&key[8..])?;
-            seen += 1;
-            if seen.is_multiple_of(PROGRESS_EVERY) {
-                progress.done(seen);
-            }
-            match &mut group {
-                Some((current, new)) if *current == number => new.push(entry),
-                _ => {
-                    if let Some((current, new)) = group.replace((number, vec![entry])) {
-                        fold(current, new)?;
-                    }
+        // The merge runs on the other core, handing over whole numbers' entries.
+        let (groups_out, groups_in) = sync_channel::<Vec<(u64, Vec<Entry>)>>(GROUP_CHUNKS_QUEUED);
+        std::thread::scope(|scope| -> Result<(), StoreError> {
+            let merging = scope.spawn(move || group_entries(entries, &groups_out));
+            let mut folded = 0u64;
+            for chunk in groups_in {
+                for (number, new) in chunk {
+                    folded += new.len() as u64;
+                    fold(number, new)?;
                 }
+                progress.done(folded);
             }
-            Ok(())
+            merging
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
-        if let Some((current, new)) = group.take() {
-            fold(current, new)?;
-        }
         Ok((ssts.finish()?, stored.rest()?))
     }
+}
+
+/// Numbers' entries handed from the merge to the fold at once.
+const GROUP_CHUNK: usize = 4096;
+/// Chunks of numbers queued between the merge and the fold.
+const GROUP_CHUNKS_QUEUED: usize = 8;
+
+/// Merges the entry sort and sends each number's entries, in number order, in chunks; stops
+/// early if the receiver has gone.
+fn group_entries(
+    entries: Runs,
+    out: &SyncSender<Vec<(u64, Vec<Entry>)>>,
+) -> Result<(), StoreError> {
+    let receiver_gone = || StoreError::Interrupted("the fold stopped".into());
+    let mut chunk: Vec<(u64, Vec<Entry>)> = Vec::with_capacity(GROUP_CHUNK);
+    entries.merge(|key, _| -> Result<(), StoreError> {
+        let number = u64::from_be_bytes(array(&key[..8]));
+        let entry = decode_spooled_entry(&key[8..])?;
+        match chunk.last_mut() {
+            Some((current, new)) if *current == number => new.push(entry),
+            _ => {
+                // A number's entries are never split across chunks: the full chunk is sent
+                // only when the next number starts.
+                if chunk.len() == GROUP_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(GROUP_CHUNK));
+                    out.send(full).map_err(|_| receiver_gone())?;
+                }
+                chunk.push((number, vec![entry]));
+            }
+        }
+        Ok(())
+    })?;
+    if !chunk.is_empty() {
+        out.send(chunk).map_err(|_| receiver_gone())?;
+    }
+    Ok(())
 }
 
 /// A link record: the number, the withdrawal's ordinal, the kind of target and its sequence
