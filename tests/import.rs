@@ -320,3 +320,82 @@ fn an_import_is_refused_while_a_server_holds_the_data_dir() {
         "{output:?}"
     );
 }
+
+/// What a registry holds, for comparing two: its last sequence and, through `GetRecord`, every
+/// listed number's cards and events.
+async fn registry_view(
+    server: &ChildServer,
+    numbers: &[String],
+) -> Vec<Option<(Vec<pb::CardRecord>, BTreeSet<String>)>> {
+    let mut client = RegistryClient::new(server.channel().await);
+    let mut views = Vec::with_capacity(numbers.len());
+    for number in numbers {
+        views.push(view(&mut client, number).await);
+    }
+    views
+}
+
+#[test]
+fn an_import_killed_while_ingesting_is_completed_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export.csv");
+    let generator = Generator::new(5, AS_OF);
+    write_csv(&export, &generator, 100_000);
+    let clean = dir.path().join("clean");
+    let rejects = dir.path().join("rejects");
+    assert_eq!(import(&clean, &[&export], &rejects).status.code(), Some(0));
+    let numbers: Vec<String> = numbers_in(&[&export]).into_iter().step_by(7).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let expected = {
+        let server = ChildServer::start(&clean);
+        runtime.block_on(registry_view(&server, &numbers))
+    };
+
+    // Killed at moments spread over the ingestion step, which starts by creating the directory
+    // the SSTs are kept in.
+    let mut interrupted = 0;
+    for delay_ms in [0, 1, 2, 4] {
+        let killed = dir.path().join(format!("killed-{delay_ms}"));
+        let mut child = Command::new(BIN)
+            .arg("import")
+            .arg(&export)
+            .arg("--data-dir")
+            .arg(&killed)
+            .arg("--rejects")
+            .arg(&rejects)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while !killed.join("ingesting").exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the import ended first"
+            );
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // Opening completes an interrupted ingestion, or finds none begun: all or nothing.
+        interrupted += usize::from(killed.join("ingesting").exists());
+        let store = Store::open(&killed).unwrap();
+        let sequence = store.sequence();
+        drop(store);
+        assert!(
+            sequence == 0 || sequence == 100_000,
+            "a partial import is visible: sequence {sequence} after a kill at +{delay_ms} ms"
+        );
+        if sequence == 0 {
+            let again = import(&killed, &[&export], &rejects);
+            assert_eq!(again.status.code(), Some(0), "{again:?}");
+        }
+        let server = ChildServer::start(&killed);
+        assert_eq!(
+            runtime.block_on(registry_view(&server, &numbers)),
+            expected,
+            "the registry differs from a clean import after a kill at +{delay_ms} ms"
+        );
+    }
+    eprintln!("{interrupted} of the kills interrupted an ingestion that the next open completed");
+}

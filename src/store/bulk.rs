@@ -363,6 +363,7 @@ impl Collected {
             path: self.data_dir.clone(),
             why,
         })?;
+        // Opening the registry removed any copy left by an import killed before its marker.
         let kept = self.data_dir.join(KEPT_DIR);
         std::fs::create_dir_all(&kept).map_err(|error| io_error("creating", &kept, error))?;
         for path in ssts.iter().flatten() {
@@ -1041,10 +1042,14 @@ fn ingest(db: &DB, family: &'static str, files: &[PathBuf]) -> Result<(), StoreE
 
 /// Ingests again the SSTs of an ingestion a crash interrupted (see the module documentation).
 pub(super) fn finish_interrupted_ingestion(data_dir: &Path, db: &DB) -> Result<(), StoreError> {
+    let kept = data_dir.join(KEPT_DIR);
     if db.get(INGESTING_KEY)?.is_none() {
+        // An import killed before its marker was written ingested nothing: drop what it kept.
+        if kept.exists() {
+            std::fs::remove_dir_all(&kept).map_err(|error| io_error("removing", &kept, error))?;
+        }
         return Ok(());
     }
-    let kept = data_dir.join(KEPT_DIR);
     tracing::warn!(dir = %kept.display(), "completing an import that was interrupted");
     let refuse = |why: String| StoreError::DataDir {
         path: data_dir.to_owned(),
