@@ -7,23 +7,20 @@
 # then one table: checks/s and p99 for each, the ratios idguard / empty handler and
 # idguard / Redis, and the peak RSS of idguard and of Redis.
 #
-# Usage: benches/compare.sh            (COUNT=10000000 SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare)
+# Usage: benches/compare.sh
+#   (defaults: COUNT=10000000 QUERIES=1000000 SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare;
+#   the data is generated and imported once per COUNT, then reused)
 set -euo pipefail
 COUNT=${COUNT:-10000000}
+QUERIES=${QUERIES:-1000000}
 SECONDS_PER_RUN=${SECONDS:-10}
 WORKERS=${WORKERS:-32}
 WORK=${WORK:-/tmp/idguard-compare}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/idguard/target}
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
-    else
-        echo "compare.sh needs Redis: sudo apt-get install -y redis-server" >&2
-        exit 1
-    fi
-fi
+# Redis among them.
+.ci/prereqs
 
 cargo build --release --quiet
 empty=$(cargo bench --bench empty_server --no-run --message-format=json 2>/dev/null \
@@ -56,17 +53,14 @@ start() {
 peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 if [ ! -f "$WORK/events.csv" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUNT" ]; then
-    rm -rf "$WORK/data" "$WORK/loaded"
-    "$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries 1000000 --hit-fraction 0.01
+    rm -rf "$WORK/data"
+    "$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries "$QUERIES" --hit-fraction 0.01
+    "$idguard" import "$WORK/events.csv" --data-dir "$WORK/data" --rejects "$WORK/rejects"
     echo "$COUNT" > "$WORK/count"
 fi
 
 start "$WORK/idguard.log" "$idguard" serve --listen 127.0.0.1:0 --data-dir "$WORK/data"
 idguard_pid=$pid idguard_url=http://$address
-if [ ! -f "$WORK/loaded" ]; then
-    "$idguard" submit "$WORK/events.csv" --server "$idguard_url"
-    touch "$WORK/loaded"
-fi
 
 bench() { # name url mode
     "$idguard" bench --queries "$WORK/queries.csv" --server "$2" --mode "$3" --workers "$WORKERS" \

@@ -1,0 +1,73 @@
+//! `benches/compare.sh` at a small size: it generates and imports a registry, measures the empty
+//! handler, idguard in its three modes and Redis, and prints the whole table.
+
+use std::process::Command;
+
+/// The build directory this test was built in, so the script's own cargo calls find everything
+/// already built.
+fn target_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/release/deps/compare-HASH
+    exe.ancestors().nth(3).unwrap().to_owned()
+}
+
+/// The number in the column after `row`'s name on its line of the table.
+fn figure(table: &str, row: &str) -> f64 {
+    let line = table
+        .lines()
+        .find(|line| line.starts_with(row))
+        .unwrap_or_else(|| panic!("no row {row:?} in\n{table}"));
+    line[row.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|figure| figure.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {line:?}"))
+}
+
+#[test]
+fn the_side_by_side_comparison_prints_every_row_and_ratio() {
+    let work = tempfile::tempdir().unwrap();
+    let output = Command::new("bash")
+        .arg("benches/compare.sh")
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("COUNT", "20000")
+        .env("QUERIES", "5000")
+        .env("SECONDS", "1")
+        .env("WORKERS", "4")
+        .env("WORK", work.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "empty handler, unary",
+        "empty handler, batch",
+        "empty handler, stream",
+        "idguard, unary",
+        "idguard, batch",
+        "idguard, stream",
+        "Redis SISMEMBER, unpipelined",
+        "Redis SISMEMBER, pipelined",
+        "idguard / empty handler, unary:",
+        "idguard batch / Redis pipelined:",
+        "idguard stream / Redis pipelined:",
+    ] {
+        assert!(figure(&table, row) > 0.0, "{row} is zero in\n{table}");
+    }
+    let rss = table
+        .lines()
+        .find_map(|line| line.strip_prefix("peak RSS: idguard "))
+        .unwrap_or_else(|| panic!("no peak RSS in\n{table}"));
+    let figures: Vec<f64> = rss
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        figures.len() == 2 && figures.iter().all(|&mb| mb > 0.0),
+        "{rss}"
+    );
+}
