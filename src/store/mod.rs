@@ -272,6 +272,11 @@ impl Store {
         self.shared.index.may_have_record(number)
     }
 
+    /// [`Store::may_have_record`] for many numbers, in order.
+    pub fn may_have_records(&self, numbers: &[CitizenNumber]) -> Vec<bool> {
+        self.shared.index.may_have_records(numbers)
+    }
+
     /// Where the index came from at open.
     pub fn index_origin(&self) -> &IndexOrigin {
         &self.index_origin
