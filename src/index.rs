@@ -173,7 +173,10 @@ impl RecordIndex {
             .iter()
             .map(|number| table.home(number.packed()))
             .collect();
-        homes.iter().take(AHEAD).for_each(|&home| table.prefetch(home));
+        homes
+            .iter()
+            .take(AHEAD)
+            .for_each(|&home| table.prefetch(home));
         numbers
             .iter()
             .zip(&homes)

@@ -4,10 +4,12 @@
 pub mod registry;
 pub mod verification;
 
+use std::task::Poll;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use tokio_stream::Stream;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -31,6 +33,36 @@ async fn next_message<T>(
         next = stream.message() => next,
         _ = draining.wait_for(|draining| *draining) => Err(Status::unavailable(why)),
     }
+}
+
+/// The next messages of a client stream: the first waited for, then up to `max` in all of those
+/// that have already arrived, so that a busy stream is answered a batch at a time. Returns them
+/// with the status to end the stream with, if it failed or the server drains; neither means the
+/// client has finished.
+async fn gather_messages<T>(
+    stream: &mut tonic::Streaming<T>,
+    draining: &mut Draining,
+    max: usize,
+    why: &'static str,
+) -> (Vec<T>, Option<Status>) {
+    let first = match next_message(stream, draining, why).await {
+        Ok(Some(first)) => first,
+        Ok(None) => return (Vec::new(), None),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut gathered = vec![first];
+    let ended = std::future::poll_fn(|context| {
+        while gathered.len() < max {
+            match std::pin::Pin::new(&mut *stream).poll_next(context) {
+                Poll::Ready(Some(Ok(message))) => gathered.push(message),
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(status)),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(None)
+    })
+    .await;
+    (gathered, ended)
 }
 
 /// The longest a call waits for `min_sequence` when the client set no shorter deadline.

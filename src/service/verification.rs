@@ -1,15 +1,17 @@
 //! `idguard.v1.Verification`: card checks for banks, hotels and ticketing.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use time::Date;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    Draining, MAX_SEQUENCE_WAIT, check_response, invalid_argument, malformed_response,
-    next_message, now, reach_sequence, sequence_wait_budget,
+    Draining, MAX_SEQUENCE_WAIT, check_response, gather_messages, invalid_argument,
+    malformed_response, now, reach_sequence, sequence_wait_budget,
 };
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
 use crate::check::check_cards;
@@ -18,8 +20,10 @@ use crate::store::Store;
 
 /// The most cards one `CheckBatch` may carry.
 pub const MAX_BATCH: usize = 10_000;
-/// Responses a `CheckStream` may have computed ahead of a slow reader.
-const STREAM_BUFFER: usize = 64;
+/// Batches of responses a `CheckStream` may have computed ahead of a slow reader.
+const STREAM_BUFFER: usize = 4;
+/// The most requests of a `CheckStream` answered together (see [`answer_streamed`]).
+const STREAM_GATHER: usize = 256;
 
 /// The `Verification` service over a store.
 pub struct VerificationService {
@@ -75,18 +79,69 @@ async fn answer(
         .collect()
 }
 
-/// Answers one request of a `CheckStream`: a malformed card is answered, not an error.
+/// Answers gathered requests of a `CheckStream`, in order: a malformed card is answered, not an
+/// error. Requests whose `min_sequence` is already reached are checked together; one that must
+/// wait does so on its own, as it would have alone, and an error ends the answers there.
 async fn answer_streamed(
     store: &Arc<Store>,
-    request: &pb::CheckRequest,
-) -> Result<pb::CheckResponse, Status> {
+    requests: &[pb::CheckRequest],
+) -> Vec<Result<pb::CheckResponse, Status>> {
     let today = china_today(now());
-    let item = parse_request(request, today);
-    reach_sequence(store, request.min_sequence, MAX_SEQUENCE_WAIT).await?;
-    answer(store, vec![item], today)
-        .await?
-        .pop()
-        .ok_or_else(|| Status::internal("no verdict for the card"))
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut rest = requests;
+    while let Some(first) = rest.first() {
+        let reached = store.sequence();
+        let ready = rest
+            .iter()
+            .take_while(|request| request.min_sequence <= reached)
+            .count();
+        if ready == 0 {
+            let waited = reach_sequence(store, first.min_sequence, MAX_SEQUENCE_WAIT).await;
+            if let Err(status) = waited {
+                outcomes.push(Err(status));
+                return outcomes;
+            }
+            continue;
+        }
+        let items = rest[..ready]
+            .iter()
+            .map(|request| parse_request(request, today))
+            .collect();
+        match answer(store, items, today).await {
+            Ok(responses) => outcomes.extend(responses.into_iter().map(Ok)),
+            Err(status) => {
+                outcomes.push(Err(status));
+                return outcomes;
+            }
+        }
+        rest = &rest[ready..];
+    }
+    outcomes
+}
+
+/// The items of batches received from a channel, one at a time: the `CheckStream` task hands its
+/// answers over a batch at a time, and the transport takes them one by one.
+pub struct Unbatched<T> {
+    batches: mpsc::Receiver<Vec<T>>,
+    current: std::vec::IntoIter<T>,
+}
+
+impl<T: Unpin> Stream for Unbatched<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.current.next() {
+                return Poll::Ready(Some(item));
+            }
+            match this.batches.poll_recv(context) {
+                Poll::Ready(Some(batch)) => this.current = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -132,7 +187,7 @@ impl Verification for VerificationService {
         Ok(Response::new(pb::CheckBatchResponse { results }))
     }
 
-    type CheckStreamStream = ReceiverStream<Result<pb::CheckResponse, Status>>;
+    type CheckStreamStream = Unbatched<Result<pb::CheckResponse, Status>>;
 
     async fn check_stream(
         &self,
@@ -144,22 +199,26 @@ impl Verification for VerificationService {
         let mut draining = self.draining.clone();
         tokio::spawn(async move {
             loop {
-                let next = next_message(
+                let (requests, ended) = gather_messages(
                     &mut requests,
                     &mut draining,
+                    STREAM_GATHER,
                     "the server is shutting down: reconnect to another node or retry",
-                );
-                let outcome = match next.await {
-                    Ok(None) => break,
-                    Ok(Some(request)) => answer_streamed(&store, &request).await,
-                    Err(status) => Err(status),
-                };
-                let failed = outcome.is_err();
-                if responses.send(outcome).await.is_err() || failed {
-                    break;
+                )
+                .await;
+                let mut answers = answer_streamed(&store, &requests).await;
+                let failed = answers.last().is_some_and(Result::is_err);
+                let finished = failed || ended.is_some() || requests.is_empty();
+                answers.extend(ended.map(Err));
+                // One hand-over per batch of answers, not per answer.
+                if responses.send(answers).await.is_err() || finished {
+                    return;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        Ok(Response::new(Unbatched {
+            batches: stream,
+            current: Vec::new().into_iter(),
+        }))
     }
 }
