@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side by side on this machine, with the same data and the same query workload:
 #   1. an empty tonic Verification handler (the ceiling for a gRPC service here),
-#   2. idguard Check (unary), CheckBatch (1,000 per call) and CheckStream,
+#   2. idguard Check (unary, closed-loop and at half that load), CheckBatch (1,000 per call) and
+#      CheckStream,
 #   3. Redis holding the same invalid cards in a set, queried with SISMEMBER unpipelined and
 #      pipelined (redis-benchmark),
 # then one table: checks/s and p99 for each, the ratios idguard / empty handler and
@@ -62,11 +63,14 @@ fi
 start "$WORK/idguard.log" "$idguard" serve --listen 127.0.0.1:0 --data-dir "$WORK/data"
 idguard_pid=$pid idguard_url=http://$address
 
-bench() { # name url mode
+bench() { # name url mode [extra flags]
     "$idguard" bench --queries "$WORK/queries.csv" --server "$2" --mode "$3" --workers "$WORKERS" \
-        --seconds "$SECONDS_PER_RUN" --json "$WORK/$1.json" >/dev/null
+        --seconds "$SECONDS_PER_RUN" --json "$WORK/$1.json" "${@:4}" >/dev/null
 }
+# Unary closed-loop, then at half of the throughput it reached (the p99 target's load).
+half_rate() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["checks_per_second"] / 2)' "$1"; }
 bench idguard-unary "$idguard_url" unary
+bench idguard-unary-half "$idguard_url" unary --rate "$(half_rate "$WORK/idguard-unary.json")"
 bench idguard-batch "$idguard_url" batch
 bench idguard-stream "$idguard_url" stream
 idguard_rss=$(peak_rss_mb "$idguard_pid")
@@ -74,6 +78,7 @@ kill "$idguard_pid"
 
 start "$WORK/empty.log" "$empty" --serve 127.0.0.1:0
 bench empty-unary "http://$address" unary
+bench empty-unary-half "http://$address" unary --rate "$(half_rate "$WORK/empty-unary.json")"
 bench empty-batch "http://$address" batch
 bench empty-stream "http://$address" stream
 kill "$pid"
@@ -118,14 +123,16 @@ def ours(name):
 def redis(name):
     row = list(csv.DictReader(open(f"{work}/redis-{name}.csv")))[-1]
     return float(row["rps"]), float(row["p99_latency_ms"])
-rows = [(f"empty handler, {m}", ours(f"empty-{m}")) for m in ("unary", "batch", "stream")]
-rows += [(f"idguard, {m}", ours(f"idguard-{m}")) for m in ("unary", "batch", "stream")]
+modes = ("unary", "unary-half", "batch", "stream")
+label = {"unary-half": "unary at half load"}
+rows = [(f"empty handler, {label.get(m, m)}", ours(f"empty-{m}")) for m in modes]
+rows += [(f"idguard, {label.get(m, m)}", ours(f"idguard-{m}")) for m in modes]
 rows += [(f"Redis SISMEMBER, {m}", redis(m)) for m in ("unpipelined", "pipelined")]
 table = dict(rows)
 print(f"{count} events, {members} invalid cards in Redis; p99 is per call (a batch is 1,000 checks)")
-print(f"{'':32} {'checks/s':>12} {'p99 ms':>9}")
+print(f"{'':36} {'checks/s':>12} {'p99 ms':>9}")
 for name, (rate, p99) in rows:
-    print(f"{name:32} {rate:12.0f} {p99:9.2f}")
+    print(f"{name:36} {rate:12.0f} {p99:9.2f}")
 for m in ("unary", "batch", "stream"):
     print(f"idguard / empty handler, {m}: {table[f'idguard, {m}'][0] / table[f'empty handler, {m}'][0]:.2f}")
 for m in ("batch", "stream"):

@@ -45,9 +45,11 @@ fn the_side_by_side_comparison_prints_every_row_and_ratio() {
     );
     for row in [
         "empty handler, unary",
+        "empty handler, unary at half load",
         "empty handler, batch",
         "empty handler, stream",
         "idguard, unary",
+        "idguard, unary at half load",
         "idguard, batch",
         "idguard, stream",
         "Redis SISMEMBER, unpipelined",
