@@ -320,19 +320,25 @@ fn rate_message(records: u64, started: Instant) -> String {
     format!("{records} records, {:.0}/s", records as f64 / seconds)
 }
 
-/// The bar of the reading step: bytes of input, with the record rate as its message. Drawn only
-/// on a terminal.
-fn reading_bar(total_bytes: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total_bytes);
+/// A progress bar of `total` items drawn with `template`, ticking on its own; drawn only on a
+/// terminal.
+fn progress_bar(total: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template(
-            "reading and validating [{bar:30}] {bytes}/{total_bytes} {msg}, ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
+}
+
+/// The bar of the reading step: bytes of input, with the record rate as its message.
+fn reading_bar(total_bytes: u64) -> ProgressBar {
+    progress_bar(
+        total_bytes,
+        "reading and validating [{bar:30}] {bytes}/{total_bytes} {msg}, ETA {eta}",
+    )
 }
 
 /// One bar per step of [`BulkLoad::finish`]; each step's time goes to the log as it ends.
@@ -352,16 +358,11 @@ impl StepBar {
 impl Progress for StepBar {
     fn step(&mut self, name: &'static str, total: u64) {
         self.clear();
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {human_pos}/{human_len} {per_sec}, ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        let bar = progress_bar(
+            total,
+            "{msg} [{bar:30}] {human_pos}/{human_len} {per_sec}, ETA {eta}",
         );
         bar.set_message(name);
-        bar.enable_steady_tick(Duration::from_millis(250));
         self.0 = Some((bar, name, Instant::now()));
     }
 
