@@ -360,7 +360,7 @@ impl Progress for StepBar {
         self.clear();
         let bar = progress_bar(
             total,
-            "{msg} [{bar:30}] {human_pos}/{human_len} {per_sec}, ETA {eta}",
+            "{msg} [{bar:30}] {human_pos}/{human_len}, ETA {eta}",
         );
         bar.set_message(name);
         self.0 = Some((bar, name, Instant::now()));
