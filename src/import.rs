@@ -358,10 +358,7 @@ impl StepBar {
 impl Progress for StepBar {
     fn step(&mut self, name: &'static str, total: u64) {
         self.clear();
-        let bar = progress_bar(
-            total,
-            "{msg} [{bar:30}] {human_pos}/{human_len}, ETA {eta}",
-        );
+        let bar = progress_bar(total, "{msg} [{bar:30}] {human_pos}/{human_len}, ETA {eta}");
         bar.set_message(name);
         self.0 = Some((bar, name, Instant::now()));
     }
