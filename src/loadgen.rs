@@ -350,44 +350,109 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
-/// A latency-versus-throughput plot of a sweep, as a self-contained SVG.
+/// A latency-versus-throughput plot of a sweep, as SVG: p50 and p99 per call against checks/s,
+/// with latency on a log scale (a sweep's last points, near saturation, are orders of magnitude
+/// above its first).
 pub fn svg_plot(title: &str, reports: &[LoadReport]) -> String {
-    let (width, height, margin) = (720.0, 420.0, 60.0);
-    let max_x = reports
+    use std::fmt::Write as _;
+    let (width, height, margin) = (720.0, 420.0, 70.0);
+    // A closed-loop run's latency is not comparable with a fixed rate's (its callers wait for
+    // answers before calling again), so the fixed-rate runs of a sweep are drawn alone.
+    let fixed_rate: Vec<&LoadReport> = reports.iter().filter(|r| r.plan.rate.is_some()).collect();
+    let mut points = if fixed_rate.is_empty() {
+        reports.iter().collect()
+    } else {
+        fixed_rate
+    };
+    points.sort_by(|a, b| a.checks_per_second.total_cmp(&b.checks_per_second));
+    let max_x = points
         .iter()
         .map(|r| r.checks_per_second)
         .fold(1.0, f64::max)
         * 1.05;
-    let max_y = reports.iter().map(|r| r.p99_us).fold(1.0, f64::max) * 1.1;
+    let latencies = points.iter().flat_map(|r| [r.p50_us, r.p99_us]);
+    let decade = |v: f64| v.max(1.0).log10();
+    let low = latencies
+        .clone()
+        .map(decade)
+        .fold(f64::MAX, f64::min)
+        .floor();
+    let high = latencies
+        .map(decade)
+        .fold(0.0, f64::max)
+        .ceil()
+        .max(low + 1.0);
     let x = |v: f64| margin + v / max_x * (width - 2.0 * margin);
-    let y = |v: f64| height - margin - v / max_y * (height - 2.0 * margin);
-    let line = |pick: fn(&LoadReport) -> f64| {
-        reports
-            .iter()
-            .map(|r| format!("{:.1},{:.1}", x(r.checks_per_second), y(pick(r))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+    let y = |v: f64| height - margin - (decade(v) - low) / (high - low) * (height - 2.0 * margin);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{margin}" y="24" font-size="15">{title}</text>
 <line x1="{margin}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>
-<line x1="{margin}" y1="{top}" x2="{margin}" y2="{bottom}" stroke="black"/>
-<text x="{right}" y="{label_x}" text-anchor="end">checks/s (max {max_x:.0})</text>
-<text x="8" y="{top}" >µs (max {max_y:.0})</text>
-<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{p99}"/>
-<polyline fill="none" stroke="#2980b9" stroke-width="2" points="{p50}"/>
-<text x="{right}" y="{top}" text-anchor="end" fill="#c0392b">p99</text>
-<text x="{right}" y="{top2}" text-anchor="end" fill="#2980b9">p50</text>
-</svg>
-"##,
+<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{bottom}" stroke="black"/>
+<text x="{right}" y="{below}" text-anchor="end">checks/s</text>
+"#,
         bottom = height - margin,
         right = width - margin,
-        top = margin,
-        top2 = margin + 16.0,
-        label_x = height - margin + 30.0,
-        p99 = line(|r| r.p99_us),
-        p50 = line(|r| r.p50_us),
-    )
+        below = height - margin + 36.0,
+    );
+    // Gridlines: every decade of latency, and every quarter of the throughput axis.
+    for exponent in (low as i32)..=(high as i32) {
+        let at = y(10f64.powi(exponent));
+        let label = match exponent {
+            e if e < 3 => format!("{} µs", 10u64.pow(e.max(0) as u32)),
+            e if e < 6 => format!("{} ms", 10u64.pow(e as u32 - 3)),
+            e => format!("{} s", 10u64.pow(e as u32 - 6)),
+        };
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{margin}" y1="{at:.1}" x2="{}" y2="{at:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            width - margin,
+            margin - 6.0,
+            at + 4.0,
+        );
+    }
+    for quarter in 1..=4 {
+        let value = max_x / 1.05 * f64::from(quarter) / 4.0;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{value:.0}</text>"#,
+            x(value),
+            height - margin + 16.0,
+        );
+    }
+    for (colour, pick) in [
+        (
+            "#c0392b",
+            (|r: &LoadReport| r.p99_us) as fn(&LoadReport) -> f64,
+        ),
+        ("#2980b9", |r: &LoadReport| r.p50_us),
+    ] {
+        let line: Vec<String> = points
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", x(r.checks_per_second), y(pick(r))))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            line.join(" ")
+        );
+        for point in &line {
+            let (cx, cy) = point.split_once(',').unwrap_or_default();
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{colour}"/>"#
+            );
+        }
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{right}" y="{margin}" text-anchor="end" fill="#c0392b">p99 per call</text>
+<text x="{right}" y="{below}" text-anchor="end" fill="#2980b9">p50 per call</text>
+</svg>
+"##,
+        right = width - margin,
+        below = margin + 16.0,
+    );
+    svg
 }
