@@ -672,6 +672,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Every day from year 0 to 9999 formats and parses back to itself, as do the expiries
+        /// made of it; and any text that parses as a date is exactly that day's `YYYYMMDD`.
+        #[test]
+        fn dates_and_expiries_round_trip(
+            offset in 0i32..3_652_425,
+            text in "\\PC{0,10}|[0-9]{8}",
+        ) {
+            let day = Date::from_calendar_date(0, Month::January, 1).unwrap() + time::Duration::days(offset.into());
+            proptest::prop_assert_eq!(parse_date(&format_date(day)), Ok(day));
+            for expiry in [Expiry::On(day), Expiry::Long, Expiry::Unknown] {
+                proptest::prop_assert_eq!(Expiry::parse(&expiry.to_string()), Ok(expiry));
+            }
+            if let Ok(parsed) = parse_date(&text) {
+                proptest::prop_assert_eq!(format_date(parsed), text);
+            }
+        }
+
         /// Any text either parses or names a rule; it never panics, and a parsed number prints
         /// back to the same 18 characters (with X upper-cased).
         #[test]
