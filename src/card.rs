@@ -184,6 +184,15 @@ impl fmt::Display for CitizenNumber {
     }
 }
 
+impl CitizenNumber {
+    /// The number as logs may show it: the first 6 characters (the division code) and the last 4,
+    /// the 8 in between (the date of birth) masked, so that a log never carries a full number.
+    pub fn masked(self) -> String {
+        let full = self.to_string();
+        format!("{}********{}", &full[..6], &full[14..])
+    }
+}
+
 fn check_character(digits: &[u8; 17]) -> char {
     let sum: u64 = digits
         .iter()
@@ -669,6 +678,12 @@ mod tests {
         let after = time::macros::datetime!(2026-11-21 16:00:00 UTC);
         assert_eq!(china_today(before), date!(2026 - 11 - 21));
         assert_eq!(china_today(after), date!(2026 - 11 - 22));
+    }
+
+    #[test]
+    fn a_masked_number_keeps_only_its_first_6_and_last_4_characters() {
+        let number = parse_registrable_number("11010519491231002x", TODAY).unwrap();
+        assert_eq!(number.masked(), "110105********002X");
     }
 
     proptest::proptest! {

@@ -158,7 +158,10 @@ fn sample_agrees(db: &DB, index: &RecordIndex) -> Result<(), String> {
             let Some(key) = keys.key() else { break };
             let number = codec::decode_citizen_key(key).map_err(|error| error.to_string())?;
             if !index.may_have_record(number) {
-                return Err(format!("stored number {number} is missing from it"));
+                return Err(format!(
+                    "stored number {} is missing from it",
+                    number.masked()
+                ));
             }
             keys.next();
         }
