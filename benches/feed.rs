@@ -44,6 +44,7 @@ async fn start() -> (String, tempfile::TempDir) {
     tokio::spawn(idguard::server::serve(
         listener,
         store,
+        None,
         std::future::pending(),
     ));
     (url, dir)

@@ -16,4 +16,15 @@ pub struct ServeConfig {
     /// without records never use it.
     #[arg(long, env = "IDGUARD_BLOCK_CACHE_MB", default_value_t = 256)]
     pub block_cache_mb: usize,
+    /// PEM certificate chain the server presents; with `--tls-key`, every connection is TLS.
+    /// Without them, only a loopback address may be served.
+    #[arg(long, env = "IDGUARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "IDGUARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate(s) of the CA that issues client certificates: clients must present one
+    /// (mutual TLS).
+    #[arg(long, env = "IDGUARD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
 use crate::proto::v1::registry_server::RegistryServer;
@@ -33,6 +33,39 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "refusing to serve plaintext on {0}: only a loopback address may be served without TLS. \
+         Give --tls-cert and --tls-key (and --tls-client-ca for mutual TLS), or listen on \
+         127.0.0.1"
+    )]
+    PlaintextOffLoopback(std::net::SocketAddr),
+    #[error("reading {}: {source}", path.display())]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The TLS settings `config` asks for, read from their files; `None` for plaintext, which is
+/// refused off loopback: a registry of citizens' data never crosses a network in clear.
+pub fn tls_config(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        if config.listen.ip().is_loopback() {
+            return Ok(None);
+        }
+        return Err(ServeError::PlaintextOffLoopback(config.listen));
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Serves both services on `listener` until `shutdown` resolves, then finishes the calls in
@@ -41,6 +74,7 @@ pub enum ServeError {
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (start_draining, draining) = watch::channel(false);
@@ -57,7 +91,11 @@ pub async fn serve(
     let registry = RegistryServer::new(RegistryService::new(store, draining))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .add_service(verification)
         .add_service(registry)
@@ -70,6 +108,8 @@ pub async fn serve(
 
 /// `idguard serve`: opens the store, listens, and serves until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    // Before the registry is opened: a refused configuration should fail at once.
+    let tls = tls_config(&config)?;
     let data_dir = config.data_dir.clone();
     let tuning = StoreOptions {
         block_cache_bytes: config.block_cache_mb << 20,
@@ -97,7 +137,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     writeln!(stdout, "idguard listening on {address}")?;
     stdout.flush()?;
     tracing::info!(%address, "serving");
-    serve(listener, store, shutdown_signal()).await?;
+    serve(listener, store, tls, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

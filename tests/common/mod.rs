@@ -37,7 +37,7 @@ impl TestServer {
         let address = listener.local_addr().expect("address");
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            idguard::server::serve(listener, Arc::new(store), async {
+            idguard::server::serve(listener, Arc::new(store), None, async {
                 let _ = stop.await;
             })
             .await

@@ -1,0 +1,144 @@
+//! TLS on the real binary: plaintext is refused off loopback, and with mutual TLS only clients
+//! holding a certificate from the configured CA get an answer. Certificates are made in the test.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{BIN, ChildServer, card, number};
+use idguard::proto::v1 as pb;
+use pb::verification_client::VerificationClient;
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
+use tonic::transport::{Certificate as CaPem, Channel, ClientTlsConfig, Identity};
+
+/// A certificate authority that signs certificates for the test.
+struct Authority {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Self {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) and its key, as PEM.
+    fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+async fn check(url: &str, tls: ClientTlsConfig) -> Result<pb::CheckResponse, String> {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|error| error.to_string())?
+        .connect()
+        .await
+        .map_err(|error| format!("connect: {error}"))?;
+    VerificationClient::new(channel)
+        .check(pb::CheckRequest {
+            card: Some(card(&number("11010519491231002"), "20150101", "")),
+            min_sequence: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| status.to_string())
+}
+
+#[test]
+fn plaintext_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("--tls-cert and --tls-key"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "the registry was opened before the refusal"
+    );
+}
+
+#[test]
+fn mutual_tls_answers_only_clients_with_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new("idguard test CA");
+    let (server_cert, server_key) = authority.issue("idguard", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = authority.issue("branch-0001", &[]);
+    let stranger = Authority::new("another CA");
+    let (stranger_cert, stranger_key) = stranger.issue("branch-0002", &[]);
+    let flags = [
+        "--tls-cert".to_owned(),
+        write(dir.path(), "server.pem", &server_cert),
+        "--tls-key".to_owned(),
+        write(dir.path(), "server.key", &server_key),
+        "--tls-client-ca".to_owned(),
+        write(dir.path(), "ca.pem", &authority.cert.pem()),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = ChildServer::start_with(&dir.path().join("data"), &flags);
+    let url = server.url.replace("http://", "https://");
+    let trusting = || {
+        ClientTlsConfig::new()
+            .ca_certificate(CaPem::from_pem(authority.cert.pem()))
+            .domain_name("localhost")
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let answer = check(
+            &url,
+            trusting().identity(Identity::from_pem(&client_cert, &client_key)),
+        )
+        .await
+        .expect("a client with a certificate from the CA is answered");
+        assert_eq!(answer.status(), pb::CardStatus::Valid);
+
+        let no_certificate = check(&url, trusting()).await;
+        assert!(no_certificate.is_err(), "{no_certificate:?}");
+        let wrong_ca = check(
+            &url,
+            trusting().identity(Identity::from_pem(&stranger_cert, &stranger_key)),
+        )
+        .await;
+        assert!(wrong_ca.is_err(), "{wrong_ca:?}");
+        let plaintext = VerificationClient::connect(server.url.clone())
+            .await
+            .map_err(|error| error.to_string());
+        let refused = match plaintext {
+            Ok(mut client) => client
+                .check(pb::CheckRequest {
+                    card: Some(card(&number("11010519491231002"), "20150101", "")),
+                    min_sequence: 0,
+                })
+                .await
+                .is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a plaintext client was answered");
+    });
+}
