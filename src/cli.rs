@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::Code;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::card::CHINA_STANDARD_TIME;
 use crate::config::ServeConfig;
@@ -157,9 +157,18 @@ fn parse_day(text: &str) -> Result<time::Date, String> {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// The idguard server to ask.
+    /// The idguard server to ask (`https://...` for a server with TLS).
     #[arg(long, env = "IDGUARD_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// PEM certificate of the CA that signed the server's certificate.
+    #[arg(long, env = "IDGUARD_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a server that requires mutual TLS.
+    #[arg(long, env = "IDGUARD_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--cert`.
+    #[arg(long, env = "IDGUARD_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -256,7 +265,7 @@ pub enum ReportCommand {
 }
 
 impl ReportCommand {
-    fn into_wire(self) -> (pb::RegistryEvent, String) {
+    fn into_wire(self) -> (pb::RegistryEvent, ServerArgs) {
         use pb::registry_event::Kind;
         let reported = |card: &CardArgs, kind: pb::LossKind| {
             Kind::Reported(pb::CardReported {
@@ -310,7 +319,7 @@ impl ReportCommand {
             occurred_at: Some(proto::timestamp(occurred_at)),
             kind: Some(kind),
         };
-        (wire, event.server.server)
+        (wire, event.server)
     }
 }
 
@@ -377,20 +386,45 @@ impl From<tonic::Status> for CliError {
     }
 }
 
-async fn connect(server: &str) -> Result<Channel, CliError> {
-    let connect_error = |source| CliError::Connect {
-        server: server.to_owned(),
-        source,
+/// The server `args` name, with its TLS settings when a CA or a client certificate is given.
+fn endpoint(args: &ServerArgs) -> Result<Endpoint, CliError> {
+    let endpoint = Channel::from_shared(args.server.clone()).map_err(|error| {
+        CliError::Rpc(tonic::Status::invalid_argument(format!(
+            "--server: {error}"
+        )))
+    })?;
+    if args.ca.is_none() && args.cert.is_none() {
+        return Ok(endpoint);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| CliError::Read {
+            path: path.to_owned(),
+            source,
+        })
     };
-    Channel::from_shared(server.to_owned())
-        .map_err(|error| {
-            CliError::Rpc(tonic::Status::invalid_argument(format!(
-                "--server: {error}"
-            )))
-        })?
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &args.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|source| CliError::Connect {
+            server: args.server.clone(),
+            source,
+        })
+}
+
+async fn connect(args: &ServerArgs) -> Result<Channel, CliError> {
+    endpoint(args)?
         .connect()
         .await
-        .map_err(connect_error)
+        .map_err(|source| CliError::Connect {
+            server: args.server.clone(),
+            source,
+        })
 }
 
 /// Runs a command; `Ok` carries the exit code of a command that ran (1: the card is invalid).
@@ -464,7 +498,7 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             Ok(if report.rejected() == 0 { 0 } else { 2 })
         }
         Command::Submit { files, server } => {
-            let channel = connect(&server.server).await?;
+            let channel = connect(&server).await?;
             submit_files(RegistryClient::new(channel), &files).await
         }
         Command::Bench(args) => {
@@ -472,7 +506,7 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Check { card, server } => {
-            let mut client = VerificationClient::new(connect(&server.server).await?);
+            let mut client = VerificationClient::new(connect(&server).await?);
             let response = client
                 .check(pb::CheckRequest {
                     card: Some(card.wire()),
@@ -505,7 +539,7 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Record { number, server } => {
-            let mut client = RegistryClient::new(connect(&server.server).await?);
+            let mut client = RegistryClient::new(connect(&server).await?);
             let record = client
                 .get_record(pb::GetRecordRequest { id_number: number })
                 .await?
@@ -605,12 +639,8 @@ async fn bench(args: BenchArgs) -> Result<(), CliError> {
         duration: std::time::Duration::from_secs_f64(args.seconds),
         rate: args.rate,
     };
-    let first = run(
-        &args.server.server,
-        plan.clone(),
-        std::sync::Arc::clone(&cards),
-    )
-    .await?;
+    let server = endpoint(&args.server)?;
+    let first = run(&server, plan.clone(), std::sync::Arc::clone(&cards)).await?;
     println!("{first}");
     let mut reports = vec![first];
     if args.sweep {
@@ -620,7 +650,7 @@ async fn bench(args: BenchArgs) -> Result<(), CliError> {
                 rate: Some(max * share),
                 ..plan.clone()
             };
-            let report = run(&args.server.server, plan, std::sync::Arc::clone(&cards)).await?;
+            let report = run(&server, plan, std::sync::Arc::clone(&cards)).await?;
             println!("{report}");
             reports.push(report);
         }

@@ -270,20 +270,20 @@ async fn run_worker(
     tally
 }
 
-/// Runs one load plan against `server`.
+/// Runs one load plan against the server at `server` (TLS settings included).
 pub async fn run(
-    server: &str,
+    server: &Endpoint,
     plan: LoadPlan,
     cards: Arc<Vec<pb::CardRef>>,
 ) -> Result<LoadReport, LoadError> {
     let mut channels = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections.max(1) {
-        let channel = Endpoint::from_shared(server.to_owned())
-            .map_err(|error| LoadError::Connect(server.to_owned(), error))?
+        let channel = server
+            .clone()
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|error| LoadError::Connect(server.to_owned(), error))?;
+            .map_err(|error| LoadError::Connect(server.uri().to_string(), error))?;
         channels.push(channel);
     }
     let plan = Arc::new(plan);

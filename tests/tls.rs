@@ -103,6 +103,38 @@ fn mutual_tls_answers_only_clients_with_a_certificate_from_the_ca() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = ChildServer::start_with(&dir.path().join("data"), &flags);
     let url = server.url.replace("http://", "https://");
+
+    // The command-line clients, with and without their certificate.
+    let cli = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "check",
+                &number("11010519491231002"),
+                "--issued",
+                "20150101",
+            ])
+            .args(["--server", &url, "--ca", &flags[5]])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let (cert, key) = (
+        write(dir.path(), "client.pem", &client_cert),
+        write(dir.path(), "client.key", &client_key),
+    );
+    let with_certificate = cli(&["--cert", &cert, "--key", &key]);
+    assert_eq!(
+        with_certificate.status.code(),
+        Some(0),
+        "{with_certificate:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&with_certificate.stdout).starts_with("VALID"),
+        "{with_certificate:?}"
+    );
+    let without = cli(&[]);
+    assert_ne!(without.status.code(), Some(0), "{without:?}");
+
     let trusting = || {
         ClientTlsConfig::new()
             .ca_certificate(CaPem::from_pem(authority.cert.pem()))
