@@ -113,7 +113,7 @@ fn mutual_tls_answers_only_clients_with_a_certificate_from_the_ca() {
                 "--issued",
                 "20150101",
             ])
-            .args(["--server", &url, "--ca", &flags[5]])
+            .args(["--server", &url, "--ca", flags[5]])
             .args(extra)
             .output()
             .unwrap()
