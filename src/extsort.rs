@@ -141,6 +141,16 @@ fn write_run(path: &Path, arena: Vec<u8>, mut records: Vec<(u64, usize)>) -> io:
     out.flush()
 }
 
+/// Whether a read of the next record of a file read to its end got one: `false` when the file
+/// ended where a record would start. Sort runs and import spools are both read this way.
+pub(crate) fn read_more(read: io::Result<()>) -> io::Result<bool> {
+    match read {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 /// One run being read during a merge, holding its current record.
 struct Cursor {
     input: BufReader<File>,
@@ -152,10 +162,8 @@ impl Cursor {
     /// Reads the next record into the cursor; `false` at the end of the run.
     fn advance(&mut self) -> io::Result<bool> {
         let mut lengths = [0u8; 6];
-        match self.input.read_exact(&mut lengths) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(error) => return Err(error),
+        if !read_more(self.input.read_exact(&mut lengths))? {
+            return Ok(false);
         }
         let key_len = u16::from_le_bytes([lengths[0], lengths[1]]) as usize;
         let value_len =

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::card::{CitizenNumber, FieldError, Rule};
 use crate::event::ValidEvent;
-use crate::extsort::{Runs, Sorter};
+use crate::extsort::{Runs, Sorter, read_more};
 use crate::index::RecordIndex;
 use crate::proto;
 use crate::registry::{CitizenState, Entry, Fact};
@@ -599,12 +599,7 @@ impl Collected {
         }
         let mut links = open_spool(&self.work.join("links.spool"))?;
         let mut record = [0u8; LINK_BYTES];
-        loop {
-            match links.read_exact(&mut record) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(error) => return Err(error.into()),
-            }
+        while read_more(links.read_exact(&mut record))? {
             let at = u64::from_be_bytes(array(&record[17..25]));
             let target = match record[16] {
                 LINK_STORED => Some(at),
@@ -664,12 +659,7 @@ impl Collected {
         let mut input = open_spool(&self.work.join("waiting.spool"))?;
         let mut keys = Sorter::new(&self.work, "waiting", self.memory_bytes / 8);
         let (mut target, mut ordinal) = (Vec::new(), Vec::new());
-        loop {
-            match read_framed(&mut input, &mut target, &mut ordinal) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(error) => return Err(error.into()),
-            }
+        while read_more(read_framed(&mut input, &mut target, &mut ordinal))? {
             let sequence = sequences
                 .of(u64::from_be_bytes(array(&ordinal)))
                 .ok_or_else(|| corrupt_spool("a waiting withdrawal that did not enter"))?;
@@ -821,18 +811,17 @@ impl AcceptedIds {
 
     /// Moves to the next id; `false` at the end.
     fn advance(&mut self) -> Result<bool, StoreError> {
-        match read_framed(&mut self.input, &mut self.report_id, &mut self.body) {
-            Ok(()) => {
-                self.ordinal = u64::from_be_bytes(array(&self.body[..8]));
-                self.number = u64::from_be_bytes(array(&self.body[8..16]));
-                Ok(true)
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                self.ended = true;
-                Ok(false)
-            }
-            Err(error) => Err(error.into()),
+        if !read_more(read_framed(
+            &mut self.input,
+            &mut self.report_id,
+            &mut self.body,
+        ))? {
+            self.ended = true;
+            return Ok(false);
         }
+        self.ordinal = u64::from_be_bytes(array(&self.body[..8]));
+        self.number = u64::from_be_bytes(array(&self.body[8..16]));
+        Ok(true)
     }
 
     /// The ordinal and number of `report_id` if it was accepted; ids must be asked in order.
