@@ -101,15 +101,26 @@ async fn view(
     Some((record.cards, events))
 }
 
-async fn assert_same_registry(imported: &ChildServer, submitted: &ChildServer, numbers: &[String]) {
-    let mut a = RegistryClient::new(imported.channel().await);
-    let mut b = RegistryClient::new(submitted.channel().await);
-    let mut with_record = 0;
+/// What a registry says about each of `numbers`, through `GetRecord` (see [`view`]).
+async fn registry_view(
+    server: &ChildServer,
+    numbers: &[String],
+) -> Vec<Option<(Vec<pb::CardRecord>, BTreeSet<String>)>> {
+    let mut client = RegistryClient::new(server.channel().await);
+    let mut views = Vec::with_capacity(numbers.len());
     for number in numbers {
-        let (left, right) = (view(&mut a, number).await, view(&mut b, number).await);
-        assert_eq!(left, right, "the registries differ on {number}");
-        with_record += usize::from(left.is_some());
+        views.push(view(&mut client, number).await);
     }
+    views
+}
+
+async fn assert_same_registry(imported: &ChildServer, submitted: &ChildServer, numbers: &[String]) {
+    let left = registry_view(imported, numbers).await;
+    let right = registry_view(submitted, numbers).await;
+    for ((number, left), right) in numbers.iter().zip(&left).zip(&right) {
+        assert_eq!(left, right, "the registries differ on {number}");
+    }
+    let with_record = left.iter().filter(|view| view.is_some()).count();
     assert!(with_record > numbers.len() / 2, "too few records compared");
 }
 
@@ -319,20 +330,6 @@ fn an_import_is_refused_while_a_server_holds_the_data_dir() {
         String::from_utf8_lossy(&output.stderr).contains("is another idguard using it?"),
         "{output:?}"
     );
-}
-
-/// What a registry holds, for comparing two: its last sequence and, through `GetRecord`, every
-/// listed number's cards and events.
-async fn registry_view(
-    server: &ChildServer,
-    numbers: &[String],
-) -> Vec<Option<(Vec<pb::CardRecord>, BTreeSet<String>)>> {
-    let mut client = RegistryClient::new(server.channel().await);
-    let mut views = Vec::with_capacity(numbers.len());
-    for number in numbers {
-        views.push(view(&mut client, number).await);
-    }
-    views
 }
 
 #[test]
