@@ -25,22 +25,16 @@ use crate::card::{FieldError, Rule};
 use crate::proto::{self, v1 as pb};
 
 /// One exported event.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExportRecord {
     pub report_id: String,
     pub authority: String,
     pub occurred_at: String,
     pub kind: String,
-    #[serde(default)]
     pub id_number: String,
-    #[serde(default)]
     pub issue_date: String,
-    #[serde(default)]
     pub expiry_date: String,
-    #[serde(default)]
     pub withdrawn_report_id: String,
-    #[serde(default)]
     pub note: String,
 }
 

@@ -388,6 +388,8 @@ pub fn generate(
 mod tests {
     use super::*;
     use crate::event::validate_event;
+    use crate::export::read_events_from;
+    use crate::proto::v1 as pb;
 
     const NOW: OffsetDateTime = time::macros::datetime!(2026-11-22 00:00 UTC);
 
@@ -430,21 +432,21 @@ mod tests {
     #[test]
     fn csv_and_ndjson_carry_the_same_records() {
         let generator = Generator::new(3, DEFAULT_AS_OF);
-        let mut csv_bytes = Vec::new();
-        write_export(&generator, 300, Format::Csv, &mut csv_bytes).unwrap();
-        let from_csv: Vec<ExportRecord> = csv::Reader::from_reader(csv_bytes.as_slice())
-            .deserialize()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let mut json_bytes = Vec::new();
-        write_export(&generator, 300, Format::Ndjson, &mut json_bytes).unwrap();
-        let from_json: Vec<ExportRecord> = json_bytes
-            .split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| serde_json::from_slice(line).unwrap())
+        // Read back as imports and replays read them.
+        let read = |format: Format, name: &str| -> Vec<pb::RegistryEvent> {
+            let mut bytes = Vec::new();
+            write_export(&generator, 300, format, &mut bytes).unwrap();
+            read_events_from(Path::new(name), std::io::Cursor::new(bytes))
+                .unwrap()
+                .map(|(_, event)| event.unwrap())
+                .collect()
+        };
+        let from_csv = read(Format::Csv, "events.csv");
+        let expected: Vec<pb::RegistryEvent> = (0..300)
+            .map(|i| generator.record(i).to_wire().unwrap())
             .collect();
-        assert_eq!(from_csv, from_json);
-        assert_eq!(from_csv.len(), 300);
+        assert_eq!(from_csv, expected);
+        assert_eq!(read(Format::Ndjson, "events.ndjson"), expected);
     }
 
     #[test]

@@ -184,19 +184,15 @@ fn a_generated_export_loads_and_its_workload_agrees() {
         .output()
         .unwrap();
     assert_eq!(code(&generated), 0, "{generated:?}");
-    let ndjson = std::fs::read_to_string(out.path().join("events.ndjson")).unwrap();
-    let records: Vec<idguard::export::ExportRecord> = ndjson
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(records.len(), 3000);
-    let from_csv: Vec<idguard::export::ExportRecord> =
-        csv::Reader::from_path(out.path().join("events.csv"))
+    let events = |name: &str| -> Vec<idguard::proto::v1::RegistryEvent> {
+        idguard::export::read_events(&out.path().join(name))
             .unwrap()
-            .deserialize()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    assert_eq!(from_csv, records);
+            .map(|(_, event)| event.unwrap())
+            .collect()
+    };
+    let from_ndjson = events("events.ndjson");
+    assert_eq!(from_ndjson.len(), 3000);
+    assert_eq!(events("events.csv"), from_ndjson);
 
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path());
