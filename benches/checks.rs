@@ -104,7 +104,7 @@ fn store_hit(c: &mut Criterion) {
                 })),
             };
             let valid = validate_event(wire, now).expect("valid event");
-            pending.push(store.enqueue(valid).await.expect("queued"));
+            pending.push(store.enqueue(valid, "bench").await.expect("queued"));
         }
         for applied in pending {
             applied.outcome().await.expect("applied");

@@ -17,6 +17,7 @@ struct Empty;
 
 fn valid() -> pb::CheckResponse {
     pb::CheckResponse {
+        signature: None,
         status: pb::CardStatus::Valid.into(),
         reason: pb::Reason::Unspecified.into(),
         invalid_since: None,
@@ -58,6 +59,13 @@ impl Verification for Empty {
             }
         });
         Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn get_signing_keys(
+        &self,
+        _: Request<pb::GetSigningKeysRequest>,
+    ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
+        Ok(Response::new(pb::GetSigningKeysResponse::default()))
     }
 }
 

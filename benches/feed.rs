@@ -44,7 +44,7 @@ async fn start() -> (String, tempfile::TempDir) {
     tokio::spawn(idguard::server::serve(
         listener,
         store,
-        None,
+        Default::default(),
         std::future::pending(),
     ));
     (url, dir)

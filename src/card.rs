@@ -188,9 +188,23 @@ impl CitizenNumber {
     /// The number as logs may show it: the first 6 characters (the division code) and the last 4,
     /// the 8 in between (the date of birth) masked, so that a log never carries a full number.
     pub fn masked(self) -> String {
-        let full = self.to_string();
-        format!("{}********{}", &full[..6], &full[14..])
+        mask_text(&self.to_string())
     }
+}
+
+/// Any text that may hold a citizen number, as logs may show it: the first 6 and the last 4
+/// characters, the rest masked; text of 10 characters or fewer is masked whole.
+pub fn mask_text(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 10 {
+        return "*".repeat(chars.len());
+    }
+    let hidden = chars.len() - 10;
+    chars[..6]
+        .iter()
+        .chain(std::iter::repeat_n(&'*', hidden))
+        .chain(&chars[chars.len() - 4..])
+        .collect()
 }
 
 fn check_character(digits: &[u8; 17]) -> char {
@@ -684,6 +698,9 @@ mod tests {
     fn a_masked_number_keeps_only_its_first_6_and_last_4_characters() {
         let number = parse_registrable_number("11010519491231002x", TODAY).unwrap();
         assert_eq!(number.masked(), "110105********002X");
+        assert_eq!(mask_text("110105491231002"), "110105*****1002");
+        assert_eq!(mask_text("0123456789"), "**********");
+        assert_eq!(mask_text("éé"), "**");
     }
 
     proptest::proptest! {

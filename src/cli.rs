@@ -509,6 +509,7 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             let mut client = VerificationClient::new(connect(&server).await?);
             let response = client
                 .check(pb::CheckRequest {
+                    nonce: Vec::new(),
                     card: Some(card.wire()),
                     min_sequence: 0,
                 })

@@ -27,4 +27,18 @@ pub struct ServeConfig {
     /// (mutual TLS).
     #[arg(long, env = "IDGUARD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// The access policy (TOML): principals, their roles, scopes, disclosure and rates. Without
+    /// one, only a loopback address may be served, and every caller is the admin `local`.
+    #[arg(long, env = "IDGUARD_ACCESS")]
+    pub access: Option<PathBuf>,
+    /// The verdict signing keys (TOML): with it, every verdict carries an Ed25519 signature.
+    #[arg(long, env = "IDGUARD_SIGNING_KEYS")]
+    pub signing_keys: Option<PathBuf>,
+    /// Calls answered at once; past it, new calls are refused at once with UNAVAILABLE (load
+    /// shedding) rather than queued.
+    #[arg(long, env = "IDGUARD_MAX_IN_FLIGHT", default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Concurrent calls (HTTP/2 streams) one connection may have open.
+    #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = crate::server::DEFAULT_STREAMS_PER_CONNECTION)]
+    pub streams_per_connection: u32,
 }

@@ -1,5 +1,5 @@
-//! The change feed behind `Watch`: replays the event log from a sequence, then follows live
-//! changes, with no gap and no duplicate at the switch-over.
+//! The feeds behind `Watch` and `WatchHits`: replay a log from a sequence, then follow it live,
+//! with no gap and no duplicate at the switch-over.
 //!
 //! The live side is a bounded broadcast shared by all watchers. A watcher subscribes *before*
 //! reading the log, so every change published after its last log read is waiting in its
@@ -15,7 +15,65 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::proto::v1 as pb;
 use crate::store::{Corrupt, Store, StoreError};
 
-/// Events read from the log per blocking read.
+/// A sequence-numbered, append-only log that can be replayed and followed.
+pub trait Log: Send + Sync + 'static {
+    type Record: Clone + Send + Sync + 'static;
+    /// The last durable sequence: every record up to it can be read.
+    fn published(&self) -> u64;
+    /// Records published from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Self::Record>>;
+    /// Up to `limit` records from `from` through `through`. Blocking.
+    fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError>;
+    fn sequence_of(record: &Self::Record) -> u64;
+}
+
+/// The registry's event log (`Watch`).
+pub struct EventLog(pub Arc<Store>);
+
+impl Log for EventLog {
+    type Record = pb::RegistryChange;
+
+    fn published(&self) -> u64 {
+        self.0.sequence()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Self::Record>> {
+        self.0.subscribe_changes()
+    }
+
+    fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError> {
+        self.0.changes(from, through, limit)
+    }
+
+    fn sequence_of(change: &Self::Record) -> u64 {
+        change.sequence
+    }
+}
+
+/// The hit log (`WatchHits`).
+pub struct HitLog(pub Arc<Store>);
+
+impl Log for HitLog {
+    type Record = pb::Hit;
+
+    fn published(&self) -> u64 {
+        self.0.hit_sequence()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Self::Record>> {
+        self.0.subscribe_hits()
+    }
+
+    fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError> {
+        self.0.hits(from, through, limit)
+    }
+
+    fn sequence_of(hit: &Self::Record) -> u64 {
+        hit.sequence
+    }
+}
+
+/// Records read from the log per blocking read.
 const REPLAY_CHUNK: usize = 1024;
 
 /// Why a feed ended before its reader hung up.
@@ -41,23 +99,28 @@ impl From<StoreError> for Stop {
     }
 }
 
-type Out = mpsc::Sender<Result<pb::RegistryChange, FeedError>>;
+type Out<R> = mpsc::Sender<Result<R, FeedError>>;
 
 fn missing(sequence: u64) -> Stop {
     Stop::from(StoreError::from(Corrupt::missing_event(sequence)))
 }
 
-/// Sends every change from `from` (0 or 1: the start) to `out`, in order, until `out` is closed,
+/// Sends every record from `from` (0 or 1: the start) to `out`, in order, until `out` is closed,
 /// the server drains, or the store fails; the last two are sent as the final item.
-pub async fn follow(store: Arc<Store>, from: u64, out: Out, mut draining: watch::Receiver<bool>) {
+pub async fn follow<L: Log>(
+    log: Arc<L>,
+    from: u64,
+    out: Out<L::Record>,
+    mut draining: watch::Receiver<bool>,
+) {
     let mut next = from.max(1);
     let stop = loop {
         // Subscribe first: whatever is published after the log read below waits here.
-        let mut live = store.subscribe_changes();
-        if let Err(stop) = replay(&store, &mut next, &out, &draining).await {
+        let mut live = log.subscribe();
+        if let Err(stop) = replay(&log, &mut next, &out, &draining).await {
             break stop;
         }
-        if let Err(stop) = tail(&mut live, &mut next, &out, &mut draining).await {
+        if let Err(stop) = tail::<L>(&mut live, &mut next, &out, &mut draining).await {
             break stop;
         }
     };
@@ -67,40 +130,41 @@ pub async fn follow(store: Arc<Store>, from: u64, out: Out, mut draining: watch:
 }
 
 /// Sends what the log holds from `next` up to the published sequence.
-async fn replay(
-    store: &Arc<Store>,
+async fn replay<L: Log>(
+    log: &Arc<L>,
     next: &mut u64,
-    out: &Out,
+    out: &Out<L::Record>,
     draining: &watch::Receiver<bool>,
 ) -> Result<(), Stop> {
-    while *next <= store.sequence() {
+    while *next <= log.published() {
         if *draining.borrow() {
             return Err(Stop::End(FeedError::ShuttingDown));
         }
-        let (from, through) = (*next, store.sequence());
-        let chunk = store
-            .read(move |store| store.changes(from, through, REPLAY_CHUNK))
-            .await?;
+        let (from, through) = (*next, log.published());
+        let reader = Arc::clone(log);
+        let chunk = tokio::task::spawn_blocking(move || reader.read(from, through, REPLAY_CHUNK))
+            .await
+            .map_err(|error| StoreError::Interrupted(error.to_string()))??;
         if chunk.is_empty() {
             return Err(missing(*next));
         }
-        for change in chunk {
+        for record in chunk {
             // Published sequences are all in the log; a hole means damage, not a reason to skip.
-            if change.sequence != *next {
+            if L::sequence_of(&record) != *next {
                 return Err(missing(*next));
             }
-            *next = change.sequence + 1;
-            out.send(Ok(change)).await.map_err(|_| Stop::ReaderGone)?;
+            *next += 1;
+            out.send(Ok(record)).await.map_err(|_| Stop::ReaderGone)?;
         }
     }
     Ok(())
 }
 
-/// Sends live changes until the tail outruns the reader (`Ok`: go back to the log).
-async fn tail(
-    live: &mut broadcast::Receiver<Arc<pb::RegistryChange>>,
+/// Sends live records until the tail outruns the reader (`Ok`: go back to the log).
+async fn tail<L: Log>(
+    live: &mut broadcast::Receiver<Arc<L::Record>>,
     next: &mut u64,
-    out: &Out,
+    out: &Out<L::Record>,
     draining: &mut watch::Receiver<bool>,
 ) -> Result<(), Stop> {
     loop {
@@ -111,10 +175,10 @@ async fn tail(
             }
         };
         match received {
-            Ok(change) if change.sequence < *next => {}
-            Ok(change) if change.sequence == *next => {
+            Ok(record) if L::sequence_of(&record) < *next => {}
+            Ok(record) if L::sequence_of(&record) == *next => {
                 *next += 1;
-                out.send(Ok(change.as_ref().clone()))
+                out.send(Ok(record.as_ref().clone()))
                     .await
                     .map_err(|_| Stop::ReaderGone)?;
             }

@@ -4,8 +4,10 @@
 //! The flow reads top to bottom: [`card`] and [`event`] validate what arrives; [`registry`] folds
 //! events into per-number state and judges cards, with no I/O; [`store`] persists that state in
 //! RocksDB; [`index`] caches which numbers have any; [`check`] answers checks from both and [`feed`] streams changes;
-//! [`service`] translates gRPC; [`server`] wires it together and [`cli`] is the command line.
+//! [`access`] decides who may call what, and [`signing`] signs verdicts; [`service`] translates
+//! gRPC; [`server`] wires it together and [`cli`] is the command line.
 
+pub mod access;
 pub mod card;
 pub mod check;
 pub mod cli;
@@ -21,5 +23,6 @@ pub mod proto;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod store;
 pub mod synthetic;

@@ -207,6 +207,7 @@ async fn run_worker(
                     let card = chosen.pop();
                     client
                         .check(pb::CheckRequest {
+                            nonce: Vec::new(),
                             card,
                             min_sequence: 0,
                         })
@@ -215,6 +216,7 @@ async fn run_worker(
                 } else {
                     client
                         .check_batch(pb::CheckBatchRequest {
+                            nonce: Vec::new(),
                             cards: chosen,
                             min_sequence: 0,
                         })
@@ -244,6 +246,7 @@ async fn run_worker(
                         if sent_at.send(due).await.is_err()
                             || requests
                                 .send(pb::CheckRequest {
+                                    nonce: Vec::new(),
                                     card,
                                     min_sequence: 0,
                                 })

@@ -1,4 +1,5 @@
-//! Wiring: the store behind the two gRPC services on one listener, with graceful shutdown.
+//! Wiring: the store behind the gRPC services on one listener, behind TLS and the access policy,
+//! with graceful shutdown.
 
 use std::future::Future;
 use std::io::Write;
@@ -9,11 +10,15 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::access::{Access, Policy, PolicyError};
 use crate::config::ServeConfig;
+use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::v1::verification_server::VerificationServer;
+use crate::service::admin::AdminService;
 use crate::service::registry::RegistryService;
 use crate::service::verification::VerificationService;
+use crate::signing::{KeysError, VerdictSigner};
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// The largest request or response message, in bytes; larger ones are refused.
@@ -39,6 +44,17 @@ pub enum ServeError {
          127.0.0.1"
     )]
     PlaintextOffLoopback(std::net::SocketAddr),
+    #[error(
+        "refusing to serve {0} without an access policy: only a loopback address may be served \
+         open. Give --access FILE (see the README's security section)"
+    )]
+    OpenOffLoopback(std::net::SocketAddr),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    SigningKeys(#[from] KeysError),
+    #[error("--signing-keys: no key in it is valid now; verdicts would go out unsigned")]
+    NoValidSigningKey,
     #[error("reading {}: {source}", path.display())]
     TlsFile {
         path: std::path::PathBuf,
@@ -68,13 +84,67 @@ pub fn tls_config(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, Serve
     Ok(Some(tls))
 }
 
-/// Serves both services on `listener` until `shutdown` resolves, then finishes the calls in
+/// Calls answered at once by default before new ones are shed.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Concurrent calls on one connection by default (HTTP/2 `MAX_CONCURRENT_STREAMS`).
+pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// Who may connect and call, and how verdicts are signed.
+pub struct Guards {
+    /// `None`: plaintext (loopback only, see [`tls_config`]).
+    pub tls: Option<ServerTlsConfig>,
+    pub access: Arc<Access>,
+    pub signer: Option<Arc<VerdictSigner>>,
+    pub streams_per_connection: u32,
+}
+
+impl Default for Guards {
+    /// Plaintext, open, unsigned: what tests and local tools on loopback use.
+    fn default() -> Self {
+        Self {
+            tls: None,
+            access: Arc::new(Access::new(None, DEFAULT_MAX_IN_FLIGHT)),
+            signer: None,
+            streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
+        }
+    }
+}
+
+impl Guards {
+    /// The guards `config` asks for, read from their files. Refuses, before anything is opened,
+    /// plaintext or an open server off loopback and signing keys none of which is valid now.
+    pub fn from_config(config: &ServeConfig) -> Result<Self, ServeError> {
+        let tls = tls_config(config)?;
+        let policy = config.access.as_deref().map(Policy::read).transpose()?;
+        if policy.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServeError::OpenOffLoopback(config.listen));
+        }
+        let signer = config
+            .signing_keys
+            .as_deref()
+            .map(VerdictSigner::read)
+            .transpose()?;
+        if let Some(signer) = &signer
+            && !signer.can_sign_at(time::OffsetDateTime::now_utc())
+        {
+            return Err(ServeError::NoValidSigningKey);
+        }
+        Ok(Self {
+            tls,
+            access: Arc::new(Access::new(policy, config.max_in_flight)),
+            signer: signer.map(Arc::new),
+            streams_per_connection: config.streams_per_connection,
+        })
+    }
+}
+
+/// Serves every service on `listener` until `shutdown` resolves, then finishes the calls in
 /// flight. Long-lived streams are told to end at that point, so that shutdown does not wait for
 /// clients that never hang up.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
-    tls: Option<ServerTlsConfig>,
+    guards: Guards,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (start_draining, draining) = watch::channel(false);
@@ -84,21 +154,36 @@ pub async fn serve(
     };
     let verification = VerificationServer::new(VerificationService::new(
         Arc::clone(&store),
+        Arc::clone(&guards.access),
+        guards.signer,
         draining.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let registry = RegistryServer::new(RegistryService::new(store, draining))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registry = RegistryServer::new(RegistryService::new(
+        store,
+        Arc::clone(&guards.access),
+        draining,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(AdminService::new(guards.access));
     let mut server = Server::builder();
-    if let Some(tls) = tls {
+    if let Some(tls) = guards.tls {
         server = server.tls_config(tls)?;
     }
     server
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .max_concurrent_streams(Some(guards.streams_per_connection))
+        .trace_fn(|request| {
+            tracing::info_span!(
+                "rpc",
+                method = %request.uri().path(),
+                principal = tracing::field::Empty
+            )
+        })
         .add_service(verification)
         .add_service(registry)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
@@ -109,7 +194,7 @@ pub async fn serve(
 /// `idguard serve`: opens the store, listens, and serves until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     // Before the registry is opened: a refused configuration should fail at once.
-    let tls = tls_config(&config)?;
+    let guards = Guards::from_config(&config)?;
     let data_dir = config.data_dir.clone();
     let tuning = StoreOptions {
         block_cache_bytes: config.block_cache_mb << 20,
@@ -137,7 +222,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     writeln!(stdout, "idguard listening on {address}")?;
     stdout.flush()?;
     tracing::info!(%address, "serving");
-    serve(listener, store, tls, shutdown_signal()).await?;
+    serve(listener, store, guards, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

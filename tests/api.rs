@@ -19,6 +19,7 @@ async fn check(server: &TestServer, card: pb::CardRef) -> pb::CheckResponse {
         .verification()
         .await
         .check(pb::CheckRequest {
+            nonce: Vec::new(),
             card: Some(card),
             min_sequence: 0,
         })
@@ -376,6 +377,7 @@ async fn a_batch_answers_each_card_in_order() {
         .verification()
         .await
         .check_batch(pb::CheckBatchRequest {
+            nonce: Vec::new(),
             cards,
             min_sequence: 0,
         })
@@ -409,6 +411,7 @@ async fn a_batch_answers_each_card_in_order() {
     assert!(results.iter().all(|r| r.sequence == 1));
 
     let many = |count| pb::CheckBatchRequest {
+        nonce: Vec::new(),
         cards: vec![card(&id, "20150101", ""); count],
         min_sequence: 0,
     };
@@ -447,6 +450,7 @@ async fn a_stream_answers_in_order_and_survives_malformed_items() {
     let mut ask = async |card: Option<pb::CardRef>| {
         requests
             .send(pb::CheckRequest {
+                nonce: Vec::new(),
                 card,
                 min_sequence: 0,
             })
@@ -507,6 +511,7 @@ async fn state_and_index_survive_a_restart() {
     apply(&server, event("w", T2, withdrawn("r3"))).await;
     let cards: Vec<_> = ids.iter().map(|id| card(id, "20150101", "")).collect();
     let batch = pb::CheckBatchRequest {
+        nonce: Vec::new(),
         cards,
         min_sequence: 0,
     };
@@ -566,6 +571,7 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
         .verification()
         .await
         .check(pb::CheckRequest {
+            nonce: Vec::new(),
             card: Some(card(&id, "2015-01-01", "")),
             min_sequence: 0,
         })
@@ -582,6 +588,7 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
         .verification()
         .await
         .check(pb::CheckRequest {
+            nonce: Vec::new(),
             card: None,
             min_sequence: 0,
         })
@@ -669,6 +676,7 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
 
     // A message over 4 MiB is refused.
     let huge = pb::CheckBatchRequest {
+        nonce: Vec::new(),
         cards: vec![card(&"1".repeat(1000), "20150101", ""); 5000],
         min_sequence: 0,
     };

@@ -95,6 +95,7 @@ async fn verify(server: &ChildServer, ledger: &Ledger, recent: &[String]) {
     let mut registry = RegistryClient::new(channel.clone());
     let mut verification = VerificationClient::new(channel);
     let probe = pb::CheckRequest {
+        nonce: Vec::new(),
         card: Some(card(&nth_number(0), "20150101", "")),
         min_sequence: 0,
     };
@@ -153,6 +154,7 @@ async fn verify(server: &ChildServer, ledger: &Ledger, recent: &[String]) {
             .collect();
         let results = verification
             .check_batch(pb::CheckBatchRequest {
+                nonce: Vec::new(),
                 cards,
                 min_sequence: 0,
             })
@@ -328,7 +330,7 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
             let now = time::OffsetDateTime::now_utc();
             for k in range {
                 let valid = idguard::event::validate_event(loss("i", k), now).unwrap();
-                store.apply(valid).await.unwrap();
+                store.apply(valid, "test").await.unwrap();
             }
         })
     };
@@ -384,7 +386,10 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
         let now = time::OffsetDateTime::now_utc();
         for k in 1000..1150 {
             store
-                .apply(idguard::event::validate_event(loss("o", k), now).unwrap())
+                .apply(
+                    idguard::event::validate_event(loss("o", k), now).unwrap(),
+                    "test",
+                )
                 .await
                 .unwrap();
         }

@@ -193,6 +193,7 @@ async fn min_sequence_waits_for_the_report_or_the_deadline() {
     let lost = card(&nth_number(7), "20150101", "");
     let ask = |min_sequence, timeout| {
         let mut request = Request::new(pb::CheckRequest {
+            nonce: Vec::new(),
             card: Some(lost.clone()),
             min_sequence,
         });
@@ -215,6 +216,7 @@ async fn min_sequence_waits_for_the_report_or_the_deadline() {
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     let batch = pb::CheckBatchRequest {
+        nonce: Vec::new(),
         cards: vec![lost.clone()],
         min_sequence: 1,
     };

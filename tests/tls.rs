@@ -59,6 +59,7 @@ async fn check(url: &str, tls: ClientTlsConfig) -> Result<pb::CheckResponse, Str
         .map_err(|error| format!("connect: {error}"))?;
     VerificationClient::new(channel)
         .check(pb::CheckRequest {
+            nonce: Vec::new(),
             card: Some(card(&number("11010519491231002"), "20150101", "")),
             min_sequence: 0,
         })
@@ -164,6 +165,7 @@ fn mutual_tls_answers_only_clients_with_a_certificate_from_the_ca() {
         let refused = match plaintext {
             Ok(mut client) => client
                 .check(pb::CheckRequest {
+                    nonce: Vec::new(),
                     card: Some(card(&number("11010519491231002"), "20150101", "")),
                     min_sequence: 0,
                 })

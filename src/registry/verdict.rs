@@ -21,6 +21,21 @@ pub enum Reason {
     Expired,
 }
 
+impl Verdict {
+    /// Whether presenting the card is a hit police want to hear of: somebody holds a card that was
+    /// lost, stolen, revoked or whose citizen was cancelled. Superseded, expired and first
+    /// generation cards are ordinary mistakes, not alerts.
+    pub fn is_hit(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Invalid {
+                reason: Reason::Lost | Reason::Stolen | Reason::Revoked | Reason::CitizenCancelled,
+                ..
+            }
+        )
+    }
+}
+
 /// Whether a card may be accepted, and if not, why and since when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -1,6 +1,7 @@
 //! The gRPC layer: translates between the wire types and the registry, and maps errors onto
 //! status codes. No registry logic lives here.
 
+pub mod admin;
 pub mod registry;
 pub mod verification;
 
@@ -132,6 +133,7 @@ fn check_response(verdict: Verdict, sequence: u64) -> pb::CheckResponse {
             invalid_since: None,
             sequence,
             detail: String::new(),
+            signature: None,
         },
         Verdict::Invalid { reason, since } => pb::CheckResponse {
             status: pb::CardStatus::Invalid.into(),
@@ -139,6 +141,7 @@ fn check_response(verdict: Verdict, sequence: u64) -> pb::CheckResponse {
             invalid_since: Some(proto::timestamp(since)),
             sequence,
             detail: verdict.to_string(),
+            signature: None,
         },
     }
 }
@@ -151,6 +154,7 @@ fn malformed_response(error: &FieldError, sequence: u64) -> pb::CheckResponse {
         invalid_since: None,
         sequence,
         detail: error.to_string(),
+        signature: None,
     }
 }
 

@@ -10,11 +10,12 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Draining, check_response, invalid_argument, next_message, now, rpc_status};
+use crate::access::{Access, Caller, Needs, Role};
 use crate::card::{
     Card, FieldError, PresentedCard, china_today, format_date, parse_registrable_number,
 };
-use crate::event::validate_event;
-use crate::feed;
+use crate::event::{ValidEvent, validate_event};
+use crate::feed::{self, EventLog, HitLog, Log};
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::registry::verdict;
 use crate::store::{Applied, ApplyError, PendingApply, Store};
@@ -22,19 +23,35 @@ use crate::store::{Applied, ApplyError, PendingApply, Store};
 /// Events of one `Submit` stream that may be queued or awaiting durability at once; past that the
 /// stream is not read, so HTTP/2 flow control slows the reporter down.
 const SUBMIT_IN_FLIGHT: usize = 1024;
+/// The stream of a `Watch` or `WatchHits`.
+pub type Feed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
 /// Changes a `Watch` may have read ahead of a slow reader.
 const WATCH_BUFFER: usize = 256;
 
 /// The `Registry` service over a store.
 pub struct RegistryService {
     store: Arc<Store>,
+    access: Arc<Access>,
     draining: Draining,
 }
 
 impl RegistryService {
-    pub fn new(store: Arc<Store>, draining: Draining) -> Self {
-        Self { store, draining }
+    pub fn new(store: Arc<Store>, access: Arc<Access>, draining: Draining) -> Self {
+        Self {
+            store,
+            access,
+            draining,
+        }
     }
+}
+
+/// Validates a wire event and checks that `caller` may report it: INVALID_ARGUMENT naming the
+/// field and rule, or PERMISSION_DENIED for an authority outside the caller's scopes.
+fn admissible(caller: &Caller, event: pb::RegistryEvent) -> Result<ValidEvent, Status> {
+    let valid = validate_event(event, now()).map_err(invalid_argument)?;
+    caller.may_report_for(&valid.canonical.authority)?;
+    Ok(valid)
 }
 
 /// An event of a `Submit` stream on its way to its ack, kept in the order received.
@@ -72,6 +89,8 @@ fn refusal(report_id: String, status: &Status) -> pb::SubmitAck {
 /// it on to the acker. Stops reading when the server drains.
 async fn read_submissions(
     store: Arc<Store>,
+    access: Arc<Access>,
+    caller: Caller,
     mut events: Streaming<pb::RegistryEvent>,
     in_flight: mpsc::Sender<InFlight>,
     mut draining: Draining,
@@ -85,10 +104,12 @@ async fn read_submissions(
         let next = match received.await {
             Ok(None) => return,
             Ok(Some(event)) => {
+                // Over its rate, a reporter's stream is slowed down rather than ended.
+                access.pace(&caller, 1).await;
                 let report_id = event.report_id.clone();
-                match validate_event(event, now()) {
-                    Err(error) => InFlight::Refused(report_id, invalid_argument(error)),
-                    Ok(valid) => match store.enqueue(valid).await {
+                match admissible(&caller, event) {
+                    Err(status) => InFlight::Refused(report_id, status),
+                    Ok(valid) => match store.enqueue(valid, &caller.principal.name).await {
                         Ok(pending) => InFlight::Queued(report_id, pending),
                         Err(error) => InFlight::Refused(report_id, error.into()),
                     },
@@ -126,9 +147,13 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegistryEvent>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let valid = validate_event(request.into_inner(), now()).map_err(invalid_argument)?;
+        let caller = self
+            .access
+            .authorize(&request, Needs::Role(Role::Reporter))?;
+        let _permit = self.access.admit(&caller, 1)?;
+        let valid = admissible(&caller, request.into_inner())?;
         let report_id = valid.event.report_id.as_str().to_owned();
-        let applied = self.store.apply(valid).await?;
+        let applied = self.store.apply(valid, &caller.principal.name).await?;
         tracing::info!(
             sequence = applied.sequence,
             duplicate = applied.duplicate,
@@ -147,10 +172,15 @@ impl Registry for RegistryService {
         &self,
         request: Request<Streaming<pb::RegistryEvent>>,
     ) -> Result<Response<Self::SubmitStream>, Status> {
+        let caller = self
+            .access
+            .authorize(&request, Needs::Role(Role::Reporter))?;
         let (in_flight, queued) = mpsc::channel(SUBMIT_IN_FLIGHT);
         let (acks, stream) = mpsc::channel(SUBMIT_IN_FLIGHT);
         tokio::spawn(read_submissions(
             Arc::clone(&self.store),
+            Arc::clone(&self.access),
+            caller,
             request.into_inner(),
             in_flight,
             self.draining.clone(),
@@ -159,35 +189,40 @@ impl Registry for RegistryService {
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::RegistryChange, Status>> + Send>>;
+    type WatchStream = Feed<pb::RegistryChange>;
 
     async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let from = request.get_ref().from_sequence;
-        let current = self.store.sequence();
-        if from > current + 1 {
-            return Err(Status::out_of_range(format!(
-                "from_sequence: {from} is beyond the next sequence, {}",
-                current + 1
-            )));
-        }
-        let (changes, stream) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(feed::follow(
-            Arc::clone(&self.store),
-            from,
-            changes,
-            self.draining.clone(),
-        ));
-        let stream = ReceiverStream::new(stream).map(|change| change.map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        self.follow(
+            &request,
+            EventLog(Arc::clone(&self.store)),
+            request.get_ref().from_sequence,
+        )
+    }
+
+    type WatchHitsStream = Feed<pb::Hit>;
+
+    async fn watch_hits(
+        &self,
+        request: Request<pb::WatchHitsRequest>,
+    ) -> Result<Response<Self::WatchHitsStream>, Status> {
+        self.follow(
+            &request,
+            HitLog(Arc::clone(&self.store)),
+            request.get_ref().from_sequence,
+        )
     }
 
     async fn get_record(
         &self,
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::CitizenRecord>, Status> {
+        let caller = self
+            .access
+            .authorize(&request, Needs::Role(Role::Auditor))?;
+        let _permit = self.access.admit(&caller, 1)?;
         let today = china_today(now());
         let number = parse_registrable_number(&request.get_ref().id_number, today)
             .map_err(|rule| invalid_argument(FieldError::new("id_number", rule)))?;
@@ -234,5 +269,34 @@ impl Registry for RegistryService {
             events,
             sequence,
         }))
+    }
+}
+
+impl RegistryService {
+    /// An auditor's feed of `log` from `from` (see [`feed::follow`]); OUT_OF_RANGE beyond the
+    /// next sequence.
+    fn follow<L: Log, T>(
+        &self,
+        request: &Request<T>,
+        log: L,
+        from: u64,
+    ) -> Result<Response<Feed<L::Record>>, Status> {
+        let caller = self.access.authorize(request, Needs::Role(Role::Auditor))?;
+        drop(self.access.admit(&caller, 1)?);
+        let next = log.published() + 1;
+        if from > next {
+            return Err(Status::out_of_range(format!(
+                "from_sequence: {from} is beyond the next sequence, {next}"
+            )));
+        }
+        let (records, stream) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(feed::follow(
+            Arc::new(log),
+            from,
+            records,
+            self.draining.clone(),
+        ));
+        let stream = ReceiverStream::new(stream).map(|record| record.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

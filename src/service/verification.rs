@@ -1,7 +1,11 @@
 //! `idguard.v1.Verification`: card checks for banks, hotels and ticketing.
+//!
+//! Every verdict goes out the same way ([`Verdicts::deliver`]): counted for the caller, recorded
+//! in the hit log first if it is a hit, cut down to the caller's disclosure profile, then signed.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use time::Date;
@@ -13,27 +17,47 @@ use super::{
     Draining, MAX_SEQUENCE_WAIT, check_response, gather_messages, invalid_argument,
     malformed_response, now, reach_sequence, sequence_wait_budget,
 };
+use crate::access::{Access, Activity, Caller, Disclosure, Needs, Role};
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
 use crate::check::check_cards;
-use crate::proto::v1::{self as pb, verification_server::Verification};
+use crate::proto::{self, v1 as pb, v1::verification_server::Verification};
+use crate::registry::Verdict;
+use crate::signing::{MAX_NONCE_BYTES, VerdictSigner};
 use crate::store::Store;
 
 /// The most cards one `CheckBatch` may carry.
 pub const MAX_BATCH: usize = 10_000;
 /// Batches of responses a `CheckStream` may have computed ahead of a slow reader.
 const STREAM_BUFFER: usize = 4;
-/// The most requests of a `CheckStream` answered together (see [`answer_streamed`]).
+/// The most requests of a `CheckStream` answered together (see [`Verdicts::answer_streamed`]).
 const STREAM_GATHER: usize = 256;
+
+/// What turns verdicts into answers: the registry, and the caller-facing rules around it.
+#[derive(Clone)]
+pub struct Verdicts {
+    store: Arc<Store>,
+    signer: Option<Arc<VerdictSigner>>,
+}
 
 /// The `Verification` service over a store.
 pub struct VerificationService {
-    store: Arc<Store>,
+    verdicts: Verdicts,
+    access: Arc<Access>,
     draining: Draining,
 }
 
 impl VerificationService {
-    pub fn new(store: Arc<Store>, draining: Draining) -> Self {
-        Self { store, draining }
+    pub fn new(
+        store: Arc<Store>,
+        access: Arc<Access>,
+        signer: Option<Arc<VerdictSigner>>,
+        draining: Draining,
+    ) -> Self {
+        Self {
+            verdicts: Verdicts { store, signer },
+            access,
+            draining,
+        }
     }
 }
 
@@ -49,74 +73,202 @@ fn parse_card(card: &pb::CardRef, today: Date) -> Result<PresentedCard, FieldErr
     )
 }
 
-/// Validates the card of a `CheckRequest`; errors name the field as `card.id_number` and the like.
-fn parse_request(request: &pb::CheckRequest, today: Date) -> Result<PresentedCard, FieldError> {
-    let card = request
+/// The card of a `CheckRequest`, or an error naming the missing field.
+fn request_card(request: &pb::CheckRequest) -> Result<&pb::CardRef, FieldError> {
+    request
         .card
         .as_ref()
-        .ok_or_else(|| FieldError::new("card", Rule::Required))?;
-    parse_card(card, today).map_err(|error| error.within("card"))
+        .ok_or_else(|| FieldError::new("card", Rule::Required))
 }
 
-/// Answers every item, malformed ones included, in order.
-async fn answer(
-    store: &Arc<Store>,
-    items: Vec<Result<PresentedCard, FieldError>>,
-    today: Date,
-) -> Result<Vec<pb::CheckResponse>, Status> {
-    let cards: Vec<PresentedCard> = items.iter().filter_map(|item| item.clone().ok()).collect();
-    let (verdicts, sequence) = check_cards(store, &cards, today).await?;
-    let mut verdicts = verdicts.into_iter();
-    items
-        .into_iter()
-        .map(|item| match item {
-            Ok(_) => verdicts
-                .next()
-                .map(|verdict| check_response(verdict, sequence))
-                .ok_or_else(|| Status::internal("fewer verdicts than cards")),
-            Err(error) => Ok(malformed_response(&error, sequence)),
-        })
-        .collect()
+/// Validates the card of a `CheckRequest`; errors name the field as `card.id_number` and the like.
+fn parse_request(request: &pb::CheckRequest, today: Date) -> Result<PresentedCard, FieldError> {
+    parse_card(request_card(request)?, today).map_err(|error| error.within("card"))
 }
 
-/// Answers gathered requests of a `CheckStream`, in order: a malformed card is answered, not an
-/// error. Requests whose `min_sequence` is already reached are checked together; one that must
-/// wait does so on its own, as it would have alone, and an error ends the answers there.
-async fn answer_streamed(
-    store: &Arc<Store>,
-    requests: &[pb::CheckRequest],
-) -> Vec<Result<pb::CheckResponse, Status>> {
-    let today = china_today(now());
-    let mut outcomes = Vec::with_capacity(requests.len());
-    let mut rest = requests;
-    while let Some(first) = rest.first() {
-        let reached = store.sequence();
-        let ready = rest
-            .iter()
-            .take_while(|request| request.min_sequence <= reached)
-            .count();
-        if ready == 0 {
-            let waited = reach_sequence(store, first.min_sequence, MAX_SEQUENCE_WAIT).await;
-            if let Err(status) = waited {
-                outcomes.push(Err(status));
-                return outcomes;
-            }
-            continue;
-        }
-        let items = rest[..ready]
-            .iter()
-            .map(|request| parse_request(request, today))
-            .collect();
-        match answer(store, items, today).await {
-            Ok(responses) => outcomes.extend(responses.into_iter().map(Ok)),
-            Err(status) => {
-                outcomes.push(Err(status));
-                return outcomes;
-            }
-        }
-        rest = &rest[ready..];
+/// Refuses a nonce longer than [`MAX_NONCE_BYTES`].
+fn check_nonce(nonce: &[u8]) -> Result<(), FieldError> {
+    if nonce.len() > MAX_NONCE_BYTES {
+        let rule = Rule::TooLong {
+            max: MAX_NONCE_BYTES,
+            found: nonce.len(),
+        };
+        return Err(FieldError::new("nonce", rule));
     }
-    outcomes
+    Ok(())
+}
+
+/// A verdict's wire form as the caller's disclosure profile allows it.
+fn disclose(response: &mut pb::CheckResponse, disclosure: Disclosure) {
+    if disclosure == Disclosure::Status && response.status == pb::CardStatus::Invalid as i32 {
+        response.reason = pb::Reason::Unspecified.into();
+        response.invalid_since = None;
+        response.detail.clear();
+    }
+}
+
+/// One item to answer: the card as sent, and its verdict or why it is malformed.
+struct Judged<'a> {
+    card: Option<&'a pb::CardRef>,
+    nonce: &'a [u8],
+    verdict: Result<Verdict, FieldError>,
+}
+
+impl Verdicts {
+    /// Verdicts on every item, malformed ones included, in order, and the sequence they reflect.
+    async fn judge(
+        &self,
+        items: Vec<Result<PresentedCard, FieldError>>,
+        today: Date,
+    ) -> Result<(Vec<Result<Verdict, FieldError>>, u64), Status> {
+        let cards: Vec<PresentedCard> = items.iter().filter_map(|item| item.clone().ok()).collect();
+        let (verdicts, sequence) = check_cards(&self.store, &cards, today).await?;
+        let mut verdicts = verdicts.into_iter();
+        let judged = items
+            .into_iter()
+            .map(|item| match item {
+                Ok(_) => verdicts
+                    .next()
+                    .map(Ok)
+                    .ok_or_else(|| Status::internal("fewer verdicts than cards")),
+                Err(error) => Ok(Err(error)),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((judged, sequence))
+    }
+
+    /// The answers to `judged` for `caller`: counted, hits recorded durably before anyone is
+    /// answered, then disclosed as the caller's profile allows and signed.
+    async fn deliver(
+        &self,
+        caller: &Caller,
+        judged: Vec<Judged<'_>>,
+        sequence: u64,
+    ) -> Result<Vec<pb::CheckResponse>, Status> {
+        let checked_at = now();
+        let activity = &caller.principal.activity;
+        let mut counts = [0u64; 4];
+        let mut hits = Vec::new();
+        let mut responses: Vec<pb::CheckResponse> = judged
+            .iter()
+            .map(|item| match &item.verdict {
+                Ok(verdict) => {
+                    let response = check_response(*verdict, sequence);
+                    counts[usize::from(*verdict != Verdict::Valid)] += 1;
+                    if verdict.is_hit() {
+                        counts[3] += 1;
+                        hits.push(pb::Hit {
+                            sequence: 0,
+                            principal: caller.principal.name.clone(),
+                            terminal: caller.terminal.clone(),
+                            card: item.card.cloned(),
+                            verdict: Some(response.clone()),
+                            checked_at: Some(proto::timestamp(checked_at)),
+                        });
+                    }
+                    response
+                }
+                Err(error) => {
+                    counts[2] += 1;
+                    malformed_response(error, sequence)
+                }
+            })
+            .collect();
+        let counters: [&AtomicU64; 4] = [
+            &activity.checks_valid,
+            &activity.checks_invalid,
+            &activity.checks_malformed,
+            &activity.hits,
+        ];
+        for (counter, count) in counters.into_iter().zip(counts) {
+            Activity::add(counter, count);
+        }
+        if !hits.is_empty() {
+            for hit in &hits {
+                tracing::warn!(
+                    principal = %hit.principal,
+                    terminal = %hit.terminal,
+                    card = %masked(hit.card.as_ref()),
+                    "hit: an invalidated card was presented"
+                );
+            }
+            self.store.record_hits(hits).await?;
+        }
+        for (response, item) in responses.iter_mut().zip(&judged) {
+            disclose(response, caller.principal.disclosure);
+            if let (Some(signer), Some(card)) = (&self.signer, item.card) {
+                signer.sign(card, response, item.nonce, checked_at);
+            }
+        }
+        Ok(responses)
+    }
+
+    /// Answers gathered requests of a `CheckStream`, in order: a malformed card is answered, not
+    /// an error. Requests whose `min_sequence` is already reached are checked together; one that
+    /// must wait does so on its own, as it would have alone, and an error ends the answers there.
+    async fn answer_streamed(
+        &self,
+        caller: &Caller,
+        requests: &[pb::CheckRequest],
+    ) -> Vec<Result<pb::CheckResponse, Status>> {
+        let today = china_today(now());
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut rest = requests;
+        while let Some(first) = rest.first() {
+            let reached = self.store.sequence();
+            let ready = rest
+                .iter()
+                .take_while(|request| request.min_sequence <= reached)
+                .count();
+            if ready == 0 {
+                let waited =
+                    reach_sequence(&self.store, first.min_sequence, MAX_SEQUENCE_WAIT).await;
+                if let Err(status) = waited {
+                    outcomes.push(Err(status));
+                    return outcomes;
+                }
+                continue;
+            }
+            match self.answer_requests(caller, &rest[..ready], today).await {
+                Ok(responses) => outcomes.extend(responses.into_iter().map(Ok)),
+                Err(status) => {
+                    outcomes.push(Err(status));
+                    return outcomes;
+                }
+            }
+            rest = &rest[ready..];
+        }
+        outcomes
+    }
+
+    /// Answers requests whose `min_sequence` is reached, each with its own nonce.
+    async fn answer_requests(
+        &self,
+        caller: &Caller,
+        requests: &[pb::CheckRequest],
+        today: Date,
+    ) -> Result<Vec<pb::CheckResponse>, Status> {
+        let items = requests
+            .iter()
+            .map(|request| check_nonce(&request.nonce).and_then(|()| parse_request(request, today)))
+            .collect();
+        let (verdicts, sequence) = self.judge(items, today).await?;
+        let judged = requests
+            .iter()
+            .zip(verdicts)
+            .map(|(request, verdict)| Judged {
+                card: request.card.as_ref(),
+                nonce: &request.nonce,
+                verdict,
+            })
+            .collect();
+        self.deliver(caller, judged, sequence).await
+    }
+}
+
+/// A card's number for logs: never whole (see [`crate::card::CitizenNumber::masked`]).
+fn masked(card: Option<&pb::CardRef>) -> String {
+    crate::card::mask_text(card.map_or("", |card| card.id_number.as_str()))
 }
 
 /// The items of batches received from a channel, one at a time: the `CheckStream` task hands its
@@ -150,29 +302,55 @@ impl Verification for VerificationService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        let caller = self
+            .access
+            .authorize(&request, Needs::Role(Role::Checker))?;
+        let _permit = self.access.admit(&caller, 1)?;
         let today = china_today(now());
-        let card = parse_request(request.get_ref(), today).map_err(invalid_argument)?;
+        let wire = request.get_ref();
+        let card = check_nonce(&wire.nonce)
+            .and_then(|()| parse_request(wire, today))
+            .map_err(|error| {
+                Activity::add(&caller.principal.activity.checks_malformed, 1);
+                invalid_argument(error)
+            })?;
         let budget = sequence_wait_budget(request.metadata());
-        reach_sequence(&self.store, request.get_ref().min_sequence, budget).await?;
-        let (verdicts, sequence) = check_cards(&self.store, &[card], today).await?;
-        let verdict = verdicts
+        reach_sequence(&self.verdicts.store, wire.min_sequence, budget).await?;
+        let (verdicts, sequence) = self.verdicts.judge(vec![Ok(card)], today).await?;
+        let judged = verdicts
             .into_iter()
-            .next()
+            .map(|verdict| Judged {
+                card: wire.card.as_ref(),
+                nonce: &wire.nonce,
+                verdict,
+            })
+            .collect();
+        let response = self
+            .verdicts
+            .deliver(&caller, judged, sequence)
+            .await?
+            .pop()
             .ok_or_else(|| Status::internal("no verdict for the card"))?;
-        Ok(Response::new(check_response(verdict, sequence)))
+        Ok(Response::new(response))
     }
 
     async fn check_batch(
         &self,
         request: Request<pb::CheckBatchRequest>,
     ) -> Result<Response<pb::CheckBatchResponse>, Status> {
-        let cards = &request.get_ref().cards;
+        let caller = self
+            .access
+            .authorize(&request, Needs::Role(Role::Checker))?;
+        let wire = request.get_ref();
+        let cards = &wire.cards;
         if cards.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "cards: at most {MAX_BATCH} cards per batch, got {}",
                 cards.len()
             )));
         }
+        check_nonce(&wire.nonce).map_err(invalid_argument)?;
+        let _permit = self.access.admit(&caller, cards.len() as u64)?;
         let today = china_today(now());
         let items = cards
             .iter()
@@ -182,8 +360,18 @@ impl Verification for VerificationService {
             })
             .collect();
         let budget = sequence_wait_budget(request.metadata());
-        reach_sequence(&self.store, request.get_ref().min_sequence, budget).await?;
-        let results = answer(&self.store, items, today).await?;
+        reach_sequence(&self.verdicts.store, wire.min_sequence, budget).await?;
+        let (verdicts, sequence) = self.verdicts.judge(items, today).await?;
+        let judged = cards
+            .iter()
+            .zip(verdicts)
+            .map(|(card, verdict)| Judged {
+                card: Some(card),
+                nonce: &wire.nonce,
+                verdict,
+            })
+            .collect();
+        let results = self.verdicts.deliver(&caller, judged, sequence).await?;
         Ok(Response::new(pb::CheckBatchResponse { results }))
     }
 
@@ -193,8 +381,12 @@ impl Verification for VerificationService {
         &self,
         request: Request<Streaming<pb::CheckRequest>>,
     ) -> Result<Response<Self::CheckStreamStream>, Status> {
+        let caller = self
+            .access
+            .authorize(&request, Needs::Role(Role::Checker))?;
         let mut requests = request.into_inner();
-        let store = Arc::clone(&self.store);
+        let verdicts = self.verdicts.clone();
+        let access = Arc::clone(&self.access);
         let (responses, stream) = mpsc::channel(STREAM_BUFFER);
         let mut draining = self.draining.clone();
         tokio::spawn(async move {
@@ -206,7 +398,9 @@ impl Verification for VerificationService {
                     "the server is shutting down: reconnect to another node or retry",
                 )
                 .await;
-                let mut answers = answer_streamed(&store, &requests).await;
+                // Over its rate, a stream is slowed down rather than ended.
+                access.pace(&caller, requests.len() as u64).await;
+                let mut answers = verdicts.answer_streamed(&caller, &requests).await;
                 let failed = answers.last().is_some_and(Result::is_err);
                 let finished = failed || ended.is_some() || requests.is_empty();
                 answers.extend(ended.map(Err));
@@ -220,5 +414,20 @@ impl Verification for VerificationService {
             batches: stream,
             current: Vec::new().into_iter(),
         }))
+    }
+
+    async fn get_signing_keys(
+        &self,
+        request: Request<pb::GetSigningKeysRequest>,
+    ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
+        let caller = self.access.authorize(&request, Needs::AnyRole)?;
+        let _permit = self.access.admit(&caller, 1)?;
+        let keys = self
+            .verdicts
+            .signer
+            .as_ref()
+            .map(|signer| signer.public_keys())
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetSigningKeysResponse { keys }))
     }
 }

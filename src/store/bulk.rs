@@ -324,7 +324,7 @@ impl Collected {
         refused: &mut dyn FnMut(Origin, Refusal),
         progress: &mut dyn Progress,
     ) -> Result<BulkSummary, StoreError> {
-        let last = last_sequence(&self.db)?;
+        let last = last_sequence(&self.db, CF_EVENTS)?;
         let mut summary = BulkSummary::default();
         let mut dropped = self.deduplicate(by_report, &mut summary, refused, progress)?;
         self.resolve_withdrawals(by_target, &mut dropped, &mut summary, refused, progress)?;
@@ -1098,6 +1098,9 @@ fn decode_spooled_entry(bytes: &[u8]) -> Result<Entry, Corrupt> {
     })
 }
 
+/// The `recorded_by` of imported events: they were loaded by an operator, not sent by a principal.
+pub const IMPORT_PRINCIPAL: &str = "import";
+
 /// The `RegistryChange` bytes prost would write, built around already-encoded event bytes.
 fn encode_change(
     sequence: u64,
@@ -1112,6 +1115,9 @@ fn encode_change(
     encode_varint(canonical.len() as u64, out);
     out.extend_from_slice(canonical);
     prost::encoding::message::encode(3, recorded_at, out);
+    encode_key(4, WireType::LengthDelimited, out);
+    encode_varint(IMPORT_PRINCIPAL.len() as u64, out);
+    out.extend_from_slice(IMPORT_PRINCIPAL.as_bytes());
 }
 
 /// Writes a record as a `u32` head length, the head, a `u32` body length and the body.
@@ -1160,6 +1166,7 @@ mod tests {
             sequence: 300,
             event: Some(event),
             recorded_at: Some(recorded_at),
+            recorded_by: IMPORT_PRINCIPAL.into(),
         }
         .encode_to_vec();
         assert_eq!(ours, theirs);

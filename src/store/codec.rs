@@ -48,7 +48,12 @@ pub fn decode_sequence(bytes: &[u8]) -> Result<u64, Corrupt> {
 
 /// Decodes an event-log value: the `RegistryChange` as it was recorded (protobuf).
 pub fn decode_change(bytes: &[u8]) -> Result<pb::RegistryChange, Corrupt> {
-    pb::RegistryChange::decode(bytes).map_err(|error| corrupt("event", error.to_string()))
+    decode_record("event", bytes)
+}
+
+/// A protobuf record of a log (`what` it is, for the error).
+pub fn decode_record<T: Message + Default>(what: &'static str, bytes: &[u8]) -> Result<T, Corrupt> {
+    T::decode(bytes).map_err(|error| corrupt(what, error.to_string()))
 }
 
 /// When a recorded event happened.

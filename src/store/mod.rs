@@ -5,7 +5,8 @@
 //! - `events`: the append-only event log, sequence → `RegistryChange` (protobuf);
 //! - `reports`: `report_id` → its sequence and number, for idempotent retries and withdrawals;
 //! - `withdrawals`: withdrawals whose target has not arrived yet, keyed by target then sequence;
-//! - `citizens`: packed number → the number's [`CitizenState`].
+//! - `citizens`: packed number → the number's [`CitizenState`];
+//! - `hits`: the hit log, hit sequence → `Hit` (protobuf), written by its own thread ([`hits`]).
 //!
 //! Every accepted event is written with everything it changes in one atomic, WAL-synced
 //! `WriteBatch` by a single writer thread that commits concurrent submissions together
@@ -14,6 +15,7 @@
 
 mod bulk;
 mod codec;
+mod hits;
 mod snapshot;
 mod writer;
 
@@ -39,7 +41,11 @@ const CF_EVENTS: &str = "events";
 const CF_REPORTS: &str = "reports";
 const CF_WITHDRAWALS: &str = "withdrawals";
 const CF_CITIZENS: &str = "citizens";
-const COLUMN_FAMILIES: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
+/// Added after the first release: created in a registry that lacks it.
+const CF_HITS: &str = "hits";
+/// Families a registry of an earlier release may lack.
+const ADDED_FAMILIES: [&str; 1] = [CF_HITS];
+const COLUMN_FAMILIES: [&str; 5] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS, CF_HITS];
 
 /// How many submissions may wait for the writer before submitters are slowed down.
 const WRITER_QUEUE: usize = 4096;
@@ -109,6 +115,10 @@ struct Shared {
     published: watch::Sender<u64>,
     /// Every newly accepted event, in sequence order, sent once it is durable and visible.
     changes: broadcast::Sender<Arc<pb::RegistryChange>>,
+    /// The last durable hit's sequence.
+    hit_sequence: AtomicU64,
+    /// Every new hit, in order, once durable.
+    hits: broadcast::Sender<Arc<pb::Hit>>,
 }
 
 fn column_family<'db>(db: &'db DB, name: &'static str) -> &'db rocksdb::ColumnFamily {
@@ -160,6 +170,8 @@ pub struct Store {
     index_origin: IndexOrigin,
     writer: Option<mpsc::Sender<writer::Submission>>,
     writer_thread: Option<JoinHandle<()>>,
+    hit_writer: Option<mpsc::Sender<hits::HitSubmission>>,
+    hit_thread: Option<JoinHandle<()>>,
 }
 
 impl Store {
@@ -175,7 +187,8 @@ impl Store {
     /// [`Store::open`] with explicit tuning.
     pub fn open_with(data_dir: &Path, tuning: &StoreOptions) -> Result<Self, StoreError> {
         let db = open_db(data_dir, tuning)?;
-        let last = last_sequence(&db)?;
+        let last = last_sequence(&db, CF_EVENTS)?;
+        let last_hit = last_sequence(&db, CF_HITS)?;
         let (index, index_origin) = match snapshot::load(data_dir, &db, last) {
             Ok(Some(index)) => (index, IndexOrigin::Loaded),
             Ok(None) => (rebuild_index(&db)?, IndexOrigin::Rebuilt(None)),
@@ -190,42 +203,75 @@ impl Store {
             sequence: AtomicU64::new(last),
             published: watch::Sender::new(last),
             changes: broadcast::Sender::new(LIVE_CHANGES),
+            hit_sequence: AtomicU64::new(last_hit),
+            hits: broadcast::Sender::new(LIVE_CHANGES),
         });
-
-        let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
-        let writer_shared = Arc::clone(&shared);
-        let writer_thread = std::thread::Builder::new()
-            .name("idguard-writer".into())
-            .spawn(move || writer::run(&writer_shared, receiver))
-            .map_err(|error| StoreError::DataDir {
-                path: data_dir.to_owned(),
-                why: format!("starting the writer thread: {error}"),
-            })?;
+        let (writer, writer_thread) =
+            start_thread(data_dir, "idguard-writer", &shared, writer::run)?;
+        let (hit_writer, hit_thread) = start_thread(data_dir, "idguard-hits", &shared, hits::run)?;
         Ok(Self {
             shared,
             data_dir: data_dir.to_owned(),
             index_origin,
-            writer: Some(sender),
+            writer: Some(writer),
             writer_thread: Some(writer_thread),
+            hit_writer: Some(hit_writer),
+            hit_thread: Some(hit_thread),
         })
+    }
+
+    /// Records `hits` in the hit log; resolves once they are durable and sent to watchers.
+    pub async fn record_hits(&self, hits: Vec<pb::Hit>) -> Result<(), StoreError> {
+        let closed = || StoreError::Interrupted("the registry is shutting down".into());
+        let writer = self.hit_writer.as_ref().ok_or_else(closed)?;
+        let (reply, outcome) = oneshot::channel();
+        writer
+            .send(hits::HitSubmission { hits, reply })
+            .await
+            .map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    /// The last durable hit's sequence.
+    pub fn hit_sequence(&self) -> u64 {
+        self.shared.hit_sequence.load(Ordering::Acquire)
+    }
+
+    /// New hits from now on, once durable, in order (see [`Store::subscribe_changes`]).
+    pub fn subscribe_hits(&self) -> broadcast::Receiver<Arc<pb::Hit>> {
+        self.shared.hits.subscribe()
+    }
+
+    /// Up to `limit` recorded hits from hit sequence `from` through `through`. Blocking.
+    pub fn hits(&self, from: u64, through: u64, limit: usize) -> Result<Vec<pb::Hit>, StoreError> {
+        self.read_log(CF_HITS, from, through, limit)
     }
 
     /// Queues one validated event for the writer, waiting for room in the queue (this is what
     /// slows down a reporter that sends faster than events become durable). Events queued one
     /// after the other are applied in that order.
-    pub async fn enqueue(&self, event: ValidEvent) -> Result<PendingApply, ApplyError> {
+    pub async fn enqueue(
+        &self,
+        event: ValidEvent,
+        recorded_by: &str,
+    ) -> Result<PendingApply, ApplyError> {
         let writer = self.writer.as_ref().ok_or(ApplyError::Closed)?;
         let (reply, outcome) = oneshot::channel();
         writer
-            .send(writer::Submission { event, reply })
+            .send(writer::Submission {
+                event,
+                recorded_by: recorded_by.to_owned(),
+                reply,
+            })
             .await
             .map_err(|_| ApplyError::Closed)?;
         Ok(PendingApply(outcome))
     }
 
-    /// Applies one validated event; resolves once it is durable and visible to checks.
-    pub async fn apply(&self, event: ValidEvent) -> Result<Applied, ApplyError> {
-        self.enqueue(event).await?.outcome().await
+    /// Applies one validated event sent by `recorded_by`; resolves once it is durable and visible
+    /// to checks.
+    pub async fn apply(&self, event: ValidEvent, recorded_by: &str) -> Result<Applied, ApplyError> {
+        self.enqueue(event, recorded_by).await?.outcome().await
     }
 
     /// Resolves once the published sequence is at least `sequence`.
@@ -248,18 +294,29 @@ impl Store {
         through: u64,
         limit: usize,
     ) -> Result<Vec<pb::RegistryChange>, StoreError> {
-        let mut log = self.shared.db.raw_iterator_cf(self.shared.cf(CF_EVENTS));
+        self.read_log(CF_EVENTS, from, through, limit)
+    }
+
+    /// Up to `limit` records of a sequence-keyed log, from `from` through `through`. Blocking.
+    fn read_log<T: prost::Message + Default>(
+        &self,
+        family: &'static str,
+        from: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut log = self.shared.db.raw_iterator_cf(self.shared.cf(family));
         log.seek(codec::sequence_key(from));
-        let mut changes = Vec::new();
+        let mut records = Vec::new();
         while let (Some(key), Some(value)) = (log.key(), log.value()) {
-            if codec::decode_sequence(key)? > through || changes.len() == limit {
+            if codec::decode_sequence(key)? > through || records.len() == limit {
                 break;
             }
-            changes.push(codec::decode_change(value)?);
+            records.push(codec::decode_record(family, value)?);
             log.next();
         }
         log.status()?;
-        Ok(changes)
+        Ok(records)
     }
 
     /// The highest sequence whose event is durable and visible to checks.
@@ -332,10 +389,14 @@ impl Drop for Store {
     /// cleanly when the last reference goes.
     fn drop(&mut self) {
         self.writer.take();
-        if let Some(thread) = self.writer_thread.take()
-            && thread.join().is_err()
+        self.hit_writer.take();
+        for thread in [self.writer_thread.take(), self.hit_thread.take()]
+            .into_iter()
+            .flatten()
         {
-            tracing::error!("the writer thread panicked");
+            if thread.join().is_err() {
+                tracing::error!("a writer thread panicked");
+            }
         }
         // Everything is in the synced WAL already; flushing memtables only spares the next start
         // a WAL replay.
@@ -404,15 +465,30 @@ fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<DB, StoreError> {
     options.create_if_missing(is_new);
     options.create_missing_column_families(is_new);
     options.increase_parallelism(2);
-    let families = COLUMN_FAMILIES
+    // A family added by a later release is created once the schema mark is checked.
+    let existing = if is_new {
+        COLUMN_FAMILIES
+            .iter()
+            .map(|name| name.to_string())
+            .collect()
+    } else {
+        DB::list_cf(&options, data_dir).unwrap_or_default()
+    };
+    let (present, missing): (Vec<&str>, Vec<&str>) = COLUMN_FAMILIES.iter().partition(|name| {
+        !ADDED_FAMILIES.contains(name) || existing.iter().any(|family| family == *name)
+    });
+    let families = present
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, family.clone()));
-    let db = DB::open_cf_descriptors(&options, data_dir, families).map_err(|error| {
+    let mut db = DB::open_cf_descriptors(&options, data_dir, families).map_err(|error| {
         refuse(format!(
             "cannot open the registry (is another idguard using it?): {error}"
         ))
     })?;
     check_schema(&db, is_new).map_err(refuse)?;
+    for name in missing {
+        db.create_cf(name, &family)?;
+    }
     bulk::finish_interrupted_ingestion(data_dir, &db)?;
     Ok(db)
 }
@@ -447,10 +523,29 @@ fn check_schema(db: &DB, is_new: bool) -> Result<(), String> {
     }
 }
 
-/// The last sequence in the event log, 0 for an empty registry.
-fn last_sequence(db: &DB) -> Result<u64, StoreError> {
+/// Starts a writer thread running `run` over a new queue.
+fn start_thread<T: Send + 'static>(
+    data_dir: &Path,
+    name: &str,
+    shared: &Arc<Shared>,
+    run: fn(&Shared, mpsc::Receiver<T>),
+) -> Result<(mpsc::Sender<T>, JoinHandle<()>), StoreError> {
+    let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+    let shared = Arc::clone(shared);
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(&shared, receiver))
+        .map_err(|error| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            why: format!("starting the {name} thread: {error}"),
+        })?;
+    Ok((sender, thread))
+}
+
+/// The last sequence of a sequence-keyed log, 0 for an empty one.
+fn last_sequence(db: &DB, family: &'static str) -> Result<u64, StoreError> {
     let last = db
-        .iterator_cf(column_family(db, CF_EVENTS), IteratorMode::End)
+        .iterator_cf(column_family(db, family), IteratorMode::End)
         .next()
         .transpose()?;
     match last {

@@ -37,13 +37,21 @@ pub struct Applied {
 /// One event waiting for the writer, and where to send its outcome.
 pub(super) struct Submission {
     pub event: ValidEvent,
+    /// The principal that sent it.
+    pub recorded_by: String,
     pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
 }
 
 /// The writer thread's loop: runs until every sender is gone.
-pub(super) fn run(shared: &Shared, mut queue: mpsc::Receiver<Submission>) {
+pub(super) fn run(shared: &Shared, queue: mpsc::Receiver<Submission>) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
+    drain_in_groups(queue, |group| commit_group(shared, &sync, group));
+}
+
+/// Hands `commit` whatever has queued, up to [`MAX_GROUP`] at a time, until every sender is gone:
+/// the group commit that lets one WAL sync serve many callers.
+pub(super) fn drain_in_groups<T>(mut queue: mpsc::Receiver<T>, mut commit: impl FnMut(Vec<T>)) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -52,7 +60,7 @@ pub(super) fn run(shared: &Shared, mut queue: mpsc::Receiver<Submission>) {
                 Err(_) => break,
             }
         }
-        commit_group(shared, &sync, group);
+        commit(group);
     }
 }
 
@@ -61,7 +69,7 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     let mut overlay = Overlay::new(shared, first_new, OffsetDateTime::now_utc());
     let outcomes: Vec<_> = group
         .iter()
-        .map(|submission| overlay.apply(&submission.event))
+        .map(|submission| overlay.apply(&submission.event, &submission.recorded_by))
         .collect();
     let last = overlay.next_sequence - 1;
     let (batch, touched, changes) = overlay.into_batch();
@@ -182,7 +190,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// Folds one event into the overlay, or says why it is a duplicate or refused.
-    fn apply(&mut self, valid: &ValidEvent) -> Result<Applied, ApplyError> {
+    fn apply(&mut self, valid: &ValidEvent, recorded_by: &str) -> Result<Applied, ApplyError> {
         let event = &valid.event;
         if let Some(slot) = self.report(&event.report_id)? {
             let original = self.event(slot.sequence)?;
@@ -209,6 +217,7 @@ impl<'a> Overlay<'a> {
                 sequence,
                 event: Some(valid.canonical.clone()),
                 recorded_at: Some(proto::timestamp(self.recorded_at)),
+                recorded_by: recorded_by.to_owned(),
             },
         );
         let slot = ReportSlot {

@@ -37,7 +37,7 @@ impl TestServer {
         let address = listener.local_addr().expect("address");
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            idguard::server::serve(listener, Arc::new(store), None, async {
+            idguard::server::serve(listener, Arc::new(store), Default::default(), async {
                 let _ = stop.await;
             })
             .await

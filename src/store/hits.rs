@@ -1,0 +1,64 @@
+//! The hit log: every check that found a lost, stolen, revoked or cancelled card, numbered in
+//! order and WAL-synced before the checker is answered, so that police are never told less than a
+//! bank was.
+//!
+//! Like the event writer, one thread commits whatever has queued as one synced batch; it is
+//! separate so that a burst of hits never waits behind a burst of events, or the reverse.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prost::Message;
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use super::writer::drain_in_groups;
+use super::{CF_HITS, Shared, StoreError, codec};
+use crate::proto::v1 as pb;
+
+/// Hits of one check call waiting for the hit writer.
+pub(super) struct HitSubmission {
+    pub hits: Vec<pb::Hit>,
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The hit writer thread's loop: runs until every sender is gone.
+pub(super) fn run(shared: &Shared, queue: mpsc::Receiver<HitSubmission>) {
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    drain_in_groups(queue, |group| commit(shared, &sync, group));
+}
+
+fn commit(shared: &Shared, sync: &WriteOptions, group: Vec<HitSubmission>) {
+    let mut next = shared.hit_sequence.load(Ordering::Acquire) + 1;
+    let mut batch = WriteBatch::default();
+    let mut numbered = Vec::new();
+    let mut replies = Vec::with_capacity(group.len());
+    for submission in group {
+        for mut hit in submission.hits {
+            hit.sequence = next;
+            next += 1;
+            batch.put_cf(
+                shared.cf(CF_HITS),
+                codec::sequence_key(hit.sequence),
+                hit.encode_to_vec(),
+            );
+            numbered.push(hit);
+        }
+        replies.push(submission.reply);
+    }
+    let outcome = shared.db.write_opt(batch, sync).map_err(StoreError::from);
+    if outcome.is_ok() {
+        shared.hit_sequence.store(next - 1, Ordering::Release);
+        for hit in numbered {
+            // No auditor listening is fine.
+            let _ = shared.hits.send(Arc::new(hit));
+        }
+    } else {
+        tracing::error!(?outcome, "recording hits failed");
+    }
+    for reply in replies {
+        // A checker that gave up waiting is no reason to stop.
+        let _ = reply.send(outcome.clone());
+    }
+}
