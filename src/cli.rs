@@ -3,7 +3,7 @@
 //! Exit codes, so scripts can act on the outcome: 0 success (card valid); 1 card invalid;
 //! 2 bad input (a usage error or `INVALID_ARGUMENT`); 3 server unreachable or unavailable;
 //! 4 no record (`NOT_FOUND`); 5 `report_id` already used for other content (`ALREADY_EXISTS`);
-//! 6 any other server error.
+//! 6 any other server error; 7 not authenticated or not permitted.
 
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
@@ -37,9 +37,34 @@ pub enum Command {
     Check {
         #[command(flatten)]
         card: CardArgs,
+        /// Text bound into the verdict's signature (at most 64 bytes), such as your case number.
+        #[arg(long, default_value = "")]
+        nonce: String,
+        /// Save the verdict as JSON, to check its signature later with `idguard verify`.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Save the server's verdict signing keys as JSON, for `idguard verify`.
+    SigningKeys {
+        /// Where to write them.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Check a saved verdict's signature offline (exit 0 genuine, 1 not).
+    Verify {
+        /// A verdict saved by `idguard check --save`.
+        verdict: std::path::PathBuf,
+        /// Signing keys saved by `idguard signing-keys`.
+        #[arg(long)]
+        keys: std::path::PathBuf,
+    },
+    /// Read a bearer token on standard input and print its SHA-256, as the access policy's
+    /// `token_sha256` holds it.
+    HashToken,
     /// Send a registry event (one subcommand per kind).
     #[command(subcommand)]
     Report(ReportCommand),
@@ -169,7 +194,67 @@ pub struct ServerArgs {
     /// PEM private key of `--cert`.
     #[arg(long, env = "IDGUARD_KEY", requires = "cert")]
     pub key: Option<std::path::PathBuf>,
+    /// Bearer token, for a principal without a client certificate (better given by the
+    /// environment than on a command line that other users can see).
+    #[arg(long, env = "IDGUARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Your branch or terminal, recorded with any hit (`x-idguard-terminal`).
+    #[arg(long, env = "IDGUARD_TERMINAL")]
+    pub terminal: Option<String>,
 }
+
+/// Adds the caller's bearer token and terminal to every call.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    terminal: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Credentials {
+    fn of(args: &ServerArgs) -> Result<Self, CliError> {
+        let header = |flag: &str, text: String| {
+            text.parse().map_err(|_| {
+                CliError::Rpc(tonic::Status::invalid_argument(format!(
+                    "{flag}: printable ASCII only"
+                )))
+            })
+        };
+        Ok(Self {
+            authorization: args
+                .token
+                .as_ref()
+                .map(|token| header("--token", format!("Bearer {token}")))
+                .transpose()?,
+            terminal: args
+                .terminal
+                .as_ref()
+                .map(|terminal| header("--terminal", terminal.clone()))
+                .transpose()?,
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        if let Some(value) = &self.terminal {
+            request
+                .metadata_mut()
+                .insert(crate::access::TERMINAL_HEADER, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that sends the caller's credentials.
+pub type Authenticated = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
 #[derive(Debug, Args)]
 pub struct CardArgs {
@@ -358,6 +443,9 @@ fn status_name(code: Code) -> &'static str {
         Code::AlreadyExists => "conflict",
         Code::Unavailable => "server unavailable",
         Code::DeadlineExceeded => "timed out",
+        Code::Unauthenticated => "not authenticated",
+        Code::PermissionDenied => "not permitted",
+        Code::ResourceExhausted => "rate limited",
         _ => "server error",
     }
 }
@@ -368,9 +456,10 @@ impl CliError {
             Self::Connect { .. } => 3,
             Self::Rpc(status) => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => 2,
-                Code::Unavailable | Code::DeadlineExceeded => 3,
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 3,
                 Code::NotFound => 4,
                 Code::AlreadyExists => 5,
+                Code::Unauthenticated | Code::PermissionDenied => 7,
                 _ => 6,
             },
             Self::Load(crate::loadgen::LoadError::Connect(..)) => 3,
@@ -417,14 +506,18 @@ fn endpoint(args: &ServerArgs) -> Result<Endpoint, CliError> {
         })
 }
 
-async fn connect(args: &ServerArgs) -> Result<Channel, CliError> {
-    endpoint(args)?
+async fn connect(args: &ServerArgs) -> Result<Authenticated, CliError> {
+    let channel = endpoint(args)?
         .connect()
         .await
         .map_err(|source| CliError::Connect {
             server: args.server.clone(),
             source,
-        })
+        })?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Credentials::of(args)?,
+    ))
 }
 
 /// Runs a command; `Ok` carries the exit code of a command that ran (1: the card is invalid).
@@ -505,17 +598,26 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             bench(args).await?;
             Ok(0)
         }
-        Command::Check { card, server } => {
+        Command::Check {
+            card,
+            nonce,
+            save,
+            server,
+        } => {
             let mut client = VerificationClient::new(connect(&server).await?);
             let response = client
                 .check(pb::CheckRequest {
-                    nonce: Vec::new(),
+                    nonce: nonce.into_bytes(),
                     card: Some(card.wire()),
                     min_sequence: 0,
                 })
                 .await?
                 .into_inner();
             println!("{}", describe_verdict(&response));
+            if let Some(path) = save {
+                let saved = crate::verdict_file::SavedVerdict::new(&card.wire(), &response);
+                write_json(&path, &saved)?;
+            }
             Ok(if response.status() == pb::CardStatus::Valid {
                 0
             } else {
@@ -539,6 +641,33 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             }
             Ok(0)
         }
+        Command::SigningKeys { out, server } => {
+            let mut client = VerificationClient::new(connect(&server).await?);
+            let keys = client
+                .get_signing_keys(pb::GetSigningKeysRequest {})
+                .await?
+                .into_inner()
+                .keys;
+            let saved: Vec<_> = keys
+                .iter()
+                .map(crate::verdict_file::SavedKey::new)
+                .collect();
+            write_json(&out, &saved)?;
+            println!("{} signing keys written to {}", saved.len(), out.display());
+            Ok(0)
+        }
+        Command::Verify { verdict, keys } => verify_saved(&verdict, &keys),
+        Command::HashToken => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .map_err(|source| CliError::Read {
+                    path: "standard input".into(),
+                    source,
+                })?;
+            println!("{}", crate::access::TokenDigest::of(token.trim()).to_hex());
+            Ok(0)
+        }
         Command::Record { number, server } => {
             let mut client = RegistryClient::new(connect(&server).await?);
             let record = client
@@ -551,6 +680,57 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
     }
 }
 
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|error| CliError::Write {
+        path: path.to_owned(),
+        source: error.into(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, CliError> {
+    let read = |source| CliError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    serde_json::from_str(&text).map_err(|error| read(error.into()))
+}
+
+/// `idguard verify`: exit 0 when the saved verdict's signature is genuine, 1 when it is not.
+fn verify_saved(verdict: &std::path::Path, keys: &std::path::Path) -> Result<u8, CliError> {
+    let invalid = |path: &std::path::Path, error: crate::verdict_file::NotHex| CliError::Read {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+    };
+    let saved: crate::verdict_file::SavedVerdict = read_json(verdict)?;
+    let (card, response) = saved.to_wire().map_err(|error| invalid(verdict, error))?;
+    let keys = read_json::<Vec<crate::verdict_file::SavedKey>>(keys)?
+        .iter()
+        .map(crate::verdict_file::SavedKey::to_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(keys, error))?;
+    match crate::signing::verify(&card, &response, &keys) {
+        Ok(()) => {
+            let signature = response.signature.as_ref();
+            println!(
+                "genuine: signed by key {} at {}: {}",
+                signature.map_or("", |signature| signature.key_id.as_str()),
+                china_time(signature.and_then(|signature| signature.signed_at.as_ref())),
+                describe_verdict(&response)
+            );
+            Ok(0)
+        }
+        Err(why) => {
+            println!("NOT GENUINE: {why}");
+            Ok(1)
+        }
+    }
+}
+
 /// Where a submitted record came from, to name it in a refusal.
 struct Origin {
     file: std::path::PathBuf,
@@ -559,7 +739,7 @@ struct Origin {
 
 /// `idguard submit`: streams every record of `files` and reports refusals by file and line.
 async fn submit_files(
-    mut client: RegistryClient<Channel>,
+    mut client: RegistryClient<Authenticated>,
     files: &[std::path::PathBuf],
 ) -> Result<u8, CliError> {
     let started = std::time::Instant::now();

@@ -26,3 +26,4 @@ pub mod service;
 pub mod signing;
 pub mod store;
 pub mod synthetic;
+pub mod verdict_file;

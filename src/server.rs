@@ -114,8 +114,10 @@ impl Guards {
     /// The guards `config` asks for, read from their files. Refuses, before anything is opened,
     /// plaintext or an open server off loopback and signing keys none of which is valid now.
     pub fn from_config(config: &ServeConfig) -> Result<Self, ServeError> {
-        let tls = tls_config(config)?;
         let policy = config.access.as_deref().map(Policy::read).transpose()?;
+        // With a policy, every call is authenticated by it: a unit without a certificate may
+        // still connect and present a bearer token. A certificate it does present must verify.
+        let tls = tls_config(config)?.map(|tls| tls.client_auth_optional(policy.is_some()));
         if policy.is_none() && !config.listen.ip().is_loopback() {
             return Err(ServeError::OpenOffLoopback(config.listen));
         }

@@ -64,10 +64,7 @@ pub struct VerdictSigner {
 
 /// `key_id` of a public key: the first 8 bytes of its SHA-256, in hex.
 pub fn key_id(public_key: &[u8]) -> String {
-    Sha256::digest(public_key)[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(public_key)[..8])
 }
 
 impl VerdictSigner {

@@ -6,42 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{BIN, ChildServer, card, number};
+use common::{Authority, BIN, ChildServer, card, number};
 use idguard::proto::v1 as pb;
 use pb::verification_client::VerificationClient;
-use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate as CaPem, Channel, ClientTlsConfig, Identity};
-
-/// A certificate authority that signs certificates for the test.
-struct Authority {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self {
-            cert: params.self_signed(&key).unwrap(),
-            key,
-        }
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses) and its key, as PEM.
-    fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);

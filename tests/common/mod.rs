@@ -13,6 +13,7 @@ use idguard::proto::v1::registry_event::Kind;
 use idguard::proto::v1::verification_client::VerificationClient;
 use idguard::proto::{self, v1 as pb};
 use idguard::store::Store;
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -69,6 +70,48 @@ impl TestServer {
 
     pub async fn registry(&self) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel().await)
+    }
+}
+
+/// A certificate authority that signs certificates for the test.
+pub struct Authority {
+    pub cert: Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Self {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) and its key, as PEM.
+    pub fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
+        self.issue_with(common_name, names, |_| {})
+    }
+
+    /// [`Authority::issue`], with `adjust` changing the certificate first (validity, ...).
+    pub fn issue_with(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        adjust(&mut params);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 }
 

@@ -1,0 +1,751 @@
+//! Who may do what, over real TLS connections to the real binary with certificates made in the
+//! test: authentication by certificate or bearer token, roles and authority scopes, disclosure
+//! profiles, the hit log, rate limits and load shedding, and signed verdicts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Authority, BIN, ChildServer, card, event, number, reported};
+use idguard::proto::v1 as pb;
+use pb::admin_client::AdminClient;
+use pb::registry_client::RegistryClient;
+use pb::verification_client::VerificationClient;
+use time::macros::datetime;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const TICKETING_TOKEN: &str = "ticketing-7f3a9c1e5b2d4a6f8e0c";
+
+/// Principals with certificates; `ticketing` has a token instead.
+const WITH_CERTIFICATES: [&str; 6] = [
+    "hotel-0001",
+    "bank-0755",
+    "sz-police",
+    "audit-office",
+    "noisy-kiosk",
+    "ops",
+];
+
+fn policy() -> String {
+    format!(
+        r#"
+[[principal]]
+name = "hotel-0001"
+role = "checker"
+
+[[principal]]
+name = "bank-0755"
+role = "checker"
+disclosure = "full"
+
+[[principal]]
+name = "ticketing"
+role = "checker"
+token_sha256 = ["{}"]
+
+[[principal]]
+name = "sz-police"
+role = "reporter"
+scopes = ["4403"]
+
+[[principal]]
+name = "audit-office"
+role = "auditor"
+
+[[principal]]
+name = "noisy-kiosk"
+role = "checker"
+rate = {{ per_second = 20, burst = 20 }}
+
+[[principal]]
+name = "ops"
+role = "admin"
+"#,
+        idguard::access::TokenDigest::of(TICKETING_TOKEN).to_hex()
+    )
+}
+
+/// A TLS server with the policy above and signing keys, and what clients need to reach it.
+struct Fixture {
+    dir: tempfile::TempDir,
+    /// Kept for its lifetime: dropping it stops the server.
+    _server: ChildServer,
+    url: String,
+    ca: String,
+    authority: Authority,
+    identities: HashMap<&'static str, (String, String)>,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+impl Fixture {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Authority::new("idguard test CA");
+        let (server_cert, server_key) = authority.issue("idguard", &["localhost", "127.0.0.1"]);
+        // The signing key, a PKCS#8 Ed25519 key as `openssl genpkey -algorithm ed25519` writes.
+        let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        write(dir.path(), "verdicts.pem", &signing.serialize_pem());
+        let keys = write(
+            dir.path(),
+            "keys.toml",
+            "[[key]]\nprivate_key = \"verdicts.pem\"\nnot_before = 2020-01-01T00:00:00Z\nnot_after = 2100-01-01T00:00:00Z\n",
+        );
+        let ca = write(dir.path(), "ca.pem", &authority.cert.pem());
+        let mut flags = vec![
+            "--tls-cert".to_owned(),
+            write(dir.path(), "server.pem", &server_cert),
+            "--tls-key".to_owned(),
+            write(dir.path(), "server.key", &server_key),
+            "--tls-client-ca".to_owned(),
+            ca.clone(),
+            "--access".to_owned(),
+            write(dir.path(), "access.toml", &policy()),
+            "--signing-keys".to_owned(),
+            keys,
+        ];
+        flags.extend(extra.iter().map(|flag| flag.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let server = ChildServer::start_with(&dir.path().join("data"), &flags);
+        let url = server.url.replace("http://", "https://");
+        let identities = WITH_CERTIFICATES
+            .iter()
+            .map(|name| (*name, authority.issue(name, &[])))
+            .collect();
+        Self {
+            dir,
+            _server: server,
+            url,
+            ca,
+            authority,
+            identities,
+        }
+    }
+
+    fn tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.authority.cert.pem()))
+            .domain_name("localhost")
+    }
+
+    async fn connect(&self, tls: ClientTlsConfig) -> Result<Channel, String> {
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|error| error.to_string())?
+            .connect()
+            .await
+            .map_err(|error| format!("{error:?}"))
+    }
+
+    /// A channel presenting `name`'s certificate.
+    async fn as_principal(&self, name: &str) -> Channel {
+        let (cert, key) = &self.identities[name];
+        self.connect(self.tls().identity(Identity::from_pem(cert, key)))
+            .await
+            .expect("a certificate from the CA connects")
+    }
+
+    /// A channel without a client certificate.
+    async fn anonymous(&self) -> Channel {
+        self.connect(self.tls())
+            .await
+            .expect("TLS without a client certificate connects")
+    }
+
+    /// `idguard` client command line against the server, as `name` (certificate files).
+    fn cli(&self, name: &str, args: &[&str]) -> Output {
+        let (cert, key) = &self.identities[name];
+        let cert = write(self.dir.path(), &format!("{name}.pem"), cert);
+        let key = write(self.dir.path(), &format!("{name}.key"), key);
+        Command::new(BIN)
+            .args(args)
+            .args([
+                "--server", &self.url, "--ca", &self.ca, "--cert", &cert, "--key", &key,
+            ])
+            .output()
+            .unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn stolen_number() -> String {
+    number("44030519800101001")
+}
+
+fn check_request(id: &str, nonce: &[u8]) -> pb::CheckRequest {
+    pb::CheckRequest {
+        card: Some(card(id, "20150101", "")),
+        min_sequence: 0,
+        nonce: nonce.to_vec(),
+    }
+}
+
+fn with_header<T>(message: T, name: &'static str, value: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(name, value.parse().unwrap());
+    request
+}
+
+async fn check(channel: &Channel, id: &str) -> Result<pb::CheckResponse, tonic::Status> {
+    VerificationClient::new(channel.clone())
+        .check(check_request(id, b""))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn report_stolen(report_id: &str, authority: &str, id: &str) -> pb::RegistryEvent {
+    let mut event = event(
+        report_id,
+        datetime!(2026-03-01 09:00 +8),
+        reported(card(id, "20150101", ""), pb::LossKind::Stolen),
+    );
+    event.authority = authority.into();
+    event
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_are_known_by_certificate_or_token_and_nobody_else_is_answered() {
+    let fixture = Fixture::start(&[]);
+    let id = number("11010519491231002");
+
+    let known = check(&fixture.as_principal("hotel-0001").await, &id).await;
+    assert_eq!(
+        known.expect("a known certificate").status(),
+        pb::CardStatus::Valid
+    );
+
+    let anonymous = fixture.anonymous().await;
+    let refused = check(&anonymous, &id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("no credentials"), "{refused:?}");
+
+    let mut client = VerificationClient::new(anonymous.clone());
+    let good = client
+        .check(with_header(
+            check_request(&id, b""),
+            "authorization",
+            &format!("Bearer {TICKETING_TOKEN}"),
+        ))
+        .await;
+    assert_eq!(
+        good.expect("a known token").into_inner().status(),
+        pb::CardStatus::Valid
+    );
+    let bad = client
+        .check(with_header(
+            check_request(&id, b""),
+            "authorization",
+            "Bearer guessed",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::Unauthenticated);
+    assert!(
+        bad.message().contains("bearer token is not known"),
+        "{bad:?}"
+    );
+
+    // A certificate from the CA for a name the policy does not know.
+    let (cert, key) = fixture.authority.issue("stranger-branch", &[]);
+    let unknown = fixture
+        .connect(fixture.tls().identity(Identity::from_pem(&cert, &key)))
+        .await
+        .unwrap();
+    let refused = check(&unknown, &id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // A certificate naming the principal in a DNS SAN rather than the CN.
+    let (cert, key) = fixture.authority.issue("some device", &["bank-0755"]);
+    let by_san = fixture
+        .connect(fixture.tls().identity(Identity::from_pem(&cert, &key)))
+        .await
+        .unwrap();
+    assert!(check(&by_san, &id).await.is_ok());
+
+    // Certificates that do not verify never get as far as a call.
+    let other_ca = Authority::new("another CA");
+    let (cert, key) = other_ca.issue("hotel-0001", &[]);
+    let wrong_ca = fixture.connect(fixture.tls().identity(Identity::from_pem(&cert, &key)));
+    let wrong_ca = match wrong_ca.await {
+        Ok(channel) => check(&channel, &id)
+            .await
+            .map_err(|status| status.to_string()),
+        Err(error) => Err(error),
+    };
+    assert!(wrong_ca.is_err(), "another CA's certificate was answered");
+    let (cert, key) = fixture.authority.issue_with("hotel-0001", &[], |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let expired = fixture.connect(fixture.tls().identity(Identity::from_pem(&cert, &key)));
+    let expired = match expired.await {
+        Ok(channel) => check(&channel, &id)
+            .await
+            .map_err(|status| status.to_string()),
+        Err(error) => Err(error),
+    };
+    assert!(expired.is_err(), "an expired certificate was answered");
+
+    // The command line with a token.
+    let output = Command::new(BIN)
+        .args(["check", &id, "--issued", "20150101"])
+        .args(["--server", &fixture.url, "--ca", &fixture.ca])
+        .env("IDGUARD_TOKEN", TICKETING_TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent_them() {
+    let fixture = Fixture::start(&[]);
+    let police = fixture.as_principal("sz-police").await;
+    let hotel = fixture.as_principal("hotel-0001").await;
+    let auditor = fixture.as_principal("audit-office").await;
+    let id = stolen_number();
+    let beijing = number("11010519800101001");
+
+    // A checker may not report; a reporter may not report outside its scopes. Nothing is written.
+    let denied = RegistryClient::new(hotel.clone())
+        .apply(report_stolen("h-1", "440305", &id))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("needs the reporter role"),
+        "{denied:?}"
+    );
+    let out_of_scope = RegistryClient::new(police.clone())
+        .apply(report_stolen("p-1", "110105", &beijing))
+        .await
+        .unwrap_err();
+    assert_eq!(out_of_scope.code(), Code::PermissionDenied);
+    assert!(
+        out_of_scope.message().starts_with("authority:"),
+        "{out_of_scope:?}"
+    );
+    let mut records = RegistryClient::new(auditor.clone());
+    for number in [&id, &beijing] {
+        let none = records
+            .get_record(pb::GetRecordRequest {
+                id_number: number.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(none.code(), Code::NotFound, "a refused event was written");
+    }
+
+    // In scope, over Apply and Submit; an out-of-scope event in a stream is refused alone.
+    let applied = RegistryClient::new(police.clone())
+        .apply(report_stolen("p-2", "440305SZPSB", &id))
+        .await
+        .expect("in scope")
+        .into_inner();
+    assert_eq!(applied.sequence, 1);
+    let events = vec![
+        report_stolen("p-3", "110105", &beijing),
+        report_stolen("p-4", "440306", &number("44030619800101001")),
+    ];
+    let acks: Vec<pb::SubmitAck> = {
+        let mut stream = RegistryClient::new(police.clone())
+            .submit(tokio_stream::iter(events))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut acks = Vec::new();
+        while let Some(ack) = stream.message().await.unwrap() {
+            acks.push(ack);
+        }
+        acks
+    };
+    assert_eq!(acks.len(), 2);
+    assert_eq!(
+        acks[0].error.as_ref().map(|e| e.code),
+        Some(Code::PermissionDenied as i32)
+    );
+    assert_eq!((acks[1].error.as_ref(), acks[1].sequence), (None, 2));
+
+    let record = records
+        .get_record(pb::GetRecordRequest {
+            id_number: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(record.events.len(), 1);
+    assert_eq!(record.events[0].recorded_by, "sz-police");
+    let mut watch = records
+        .watch(pb::WatchRequest { from_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    for sequence in [1, 2] {
+        let change = watch.message().await.unwrap().unwrap();
+        assert_eq!(
+            (change.sequence, change.recorded_by.as_str()),
+            (sequence, "sz-police")
+        );
+    }
+
+    // Each role reaches its own service only; admin reaches all.
+    let status = RegistryClient::new(hotel.clone())
+        .get_record(pb::GetRecordRequest {
+            id_number: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("needs the auditor role"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(&id), "{status:?}");
+    let status = check(&auditor, &id).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = AdminClient::new(auditor.clone())
+        .list_callers(pb::ListCallersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let ops = fixture.as_principal("ops").await;
+    assert!(check(&ops, &id).await.is_ok());
+    assert!(
+        RegistryClient::new(ops.clone())
+            .get_record(pb::GetRecordRequest {
+                id_number: id.clone()
+            })
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
+    let fixture = Fixture::start(&[]);
+    let id = stolen_number();
+    RegistryClient::new(fixture.as_principal("sz-police").await)
+        .apply(report_stolen("p-1", "440305", &id))
+        .await
+        .unwrap();
+    // A superseded card is invalid but no hit.
+    let superseded = number("44030519900101001");
+    let mut newer = event(
+        "p-2",
+        datetime!(2026-03-01 09:00 +8),
+        common::issued(card(&superseded, "20200101", "")),
+    );
+    newer.authority = "440305".into();
+    RegistryClient::new(fixture.as_principal("sz-police").await)
+        .apply(newer)
+        .await
+        .unwrap();
+
+    let hotel = fixture.as_principal("hotel-0001").await;
+    let seen_by_hotel = VerificationClient::new(hotel.clone())
+        .check(with_header(
+            check_request(&id, b""),
+            "x-idguard-terminal",
+            "front-desk-2",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen_by_hotel.status(), pb::CardStatus::Invalid);
+    assert_eq!(seen_by_hotel.reason(), pb::Reason::Unspecified);
+    assert_eq!(
+        (seen_by_hotel.invalid_since, seen_by_hotel.detail.as_str()),
+        (None, "")
+    );
+    let seen_by_bank = check(&fixture.as_principal("bank-0755").await, &id)
+        .await
+        .unwrap();
+    assert_eq!(seen_by_bank.reason(), pb::Reason::Stolen);
+    assert!(seen_by_bank.invalid_since.is_some());
+    let not_a_hit = check(&hotel, &superseded).await.unwrap();
+    assert_eq!(not_a_hit.status(), pb::CardStatus::Invalid);
+    let batch = VerificationClient::new(hotel.clone())
+        .check_batch(pb::CheckBatchRequest {
+            cards: vec![card(&id, "20150101", ""), card("bad", "", "")],
+            min_sequence: 0,
+            nonce: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.results[0].reason(), pb::Reason::Unspecified);
+    assert_eq!(batch.results[1].status(), pb::CardStatus::Malformed);
+
+    let mut hits = RegistryClient::new(fixture.as_principal("audit-office").await)
+        .watch_hits(pb::WatchHitsRequest { from_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let hit = hits.message().await.unwrap().unwrap();
+        let verdict = hit.verdict.clone().unwrap();
+        assert_eq!(
+            verdict.reason(),
+            pb::Reason::Stolen,
+            "auditors see the whole verdict"
+        );
+        assert_eq!(hit.card.as_ref().unwrap().id_number, id);
+        assert!(hit.checked_at.is_some());
+        seen.push((hit.sequence, hit.principal, hit.terminal));
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, "hotel-0001".to_owned(), "front-desk-2".to_owned()),
+            (2, "bank-0755".to_owned(), String::new()),
+            (3, "hotel-0001".to_owned(), String::new()),
+        ]
+    );
+    // Live: a new hit arrives on the open feed.
+    let live = VerificationClient::new(fixture.as_principal("bank-0755").await)
+        .check(with_header(
+            check_request(&id, b""),
+            "x-idguard-terminal",
+            "branch-17",
+        ))
+        .await;
+    assert!(live.is_ok());
+    let hit = hits.message().await.unwrap().unwrap();
+    assert_eq!((hit.sequence, hit.terminal.as_str()), (4, "branch-17"));
+
+    let callers = AdminClient::new(fixture.as_principal("ops").await)
+        .list_callers(pb::ListCallersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .callers;
+    let hotel_counts = callers
+        .iter()
+        .find(|c| c.principal == "hotel-0001")
+        .unwrap();
+    assert_eq!(
+        (
+            hotel_counts.checks_valid,
+            hotel_counts.checks_invalid,
+            hotel_counts.checks_malformed,
+            hotel_counts.hits
+        ),
+        (0, 3, 1, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_over_its_rate_is_refused_with_a_retry_hint_and_does_not_starve_others() {
+    let fixture = Fixture::start(&[]);
+    let id = number("11010519491231002");
+    let noisy = fixture.as_principal("noisy-kiosk").await;
+    let started = Instant::now();
+    let mut answered = 0u64;
+    let mut refusal = None;
+    for _ in 0..100 {
+        match check(&noisy, &id).await {
+            Ok(_) => answered += 1,
+            Err(status) => refusal = Some(status),
+        }
+    }
+    let allowed = 20.0 + 20.0 * started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        (answered as f64) <= allowed,
+        "{answered} answered, at most {allowed} allowed"
+    );
+    let refusal = refusal.expect("the rate limit was reached");
+    assert_eq!(refusal.code(), Code::ResourceExhausted);
+    let hint: u64 = refusal
+        .metadata()
+        .get("retry-after-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1000).contains(&hint), "{hint}");
+    use tonic_types::StatusExt;
+    assert!(
+        refusal.get_details_retry_info().is_some(),
+        "no google.rpc.RetryInfo"
+    );
+
+    // The abuser floods batches from four connections while a bank checks one card at a time:
+    // every one of the bank's checks is answered.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut abusers = Vec::new();
+    for _ in 0..4 {
+        let channel = fixture.as_principal("noisy-kiosk").await;
+        let id = id.clone();
+        abusers.push(tokio::spawn(async move {
+            let mut client = VerificationClient::new(channel);
+            let (mut cards, mut refused) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let batch = pb::CheckBatchRequest {
+                    cards: vec![card(&id, "20150101", ""); 100],
+                    min_sequence: 0,
+                    nonce: Vec::new(),
+                };
+                match client.check_batch(batch).await {
+                    Ok(_) => cards += 100,
+                    Err(status) if status.code() == Code::ResourceExhausted => refused += 1,
+                    Err(status) => panic!("{status:?}"),
+                }
+            }
+            (cards, refused)
+        }));
+    }
+    let bank = fixture.as_principal("bank-0755").await;
+    let mut bank_checks = 0;
+    while Instant::now() < deadline {
+        check(&bank, &id)
+            .await
+            .expect("the bank is answered while the kiosk floods");
+        bank_checks += 1;
+    }
+    let (mut flooded, mut refused) = (0, 0);
+    for abuser in abusers {
+        let (cards, refusals) = abuser.await.unwrap();
+        flooded += cards;
+        refused += refusals;
+    }
+    println!(
+        "bank: {bank_checks} checks; kiosk: {flooded} cards answered, {refused} batches refused"
+    );
+    assert!(refused > 0);
+    // Four batches may each pay into debt once; after that only the rate passes.
+    assert!(
+        flooded <= 400 + 20 * 3 + 100,
+        "the kiosk got {flooded} cards answered"
+    );
+    assert!(
+        bank_checks >= 50,
+        "the bank got only {bank_checks} checks answered in 3 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_limit_of_calls_in_flight_new_calls_are_shed_at_once() {
+    let fixture = Fixture::start(&["--max-in-flight", "1"]);
+    let id = number("11010519491231002");
+    let bank = fixture.as_principal("bank-0755").await;
+    let waiting = {
+        let bank = bank.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut request = check_request(&id, b"");
+            request.min_sequence = 1_000_000;
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(Duration::from_secs(3));
+            VerificationClient::new(bank).check(request).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let shed = check(&bank, &id).await.unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+    assert!(shed.message().contains("limit of 1 calls"), "{shed:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shedding waited for the first call"
+    );
+    let waited = waiting.await.unwrap().unwrap_err();
+    assert_eq!(waited.code(), Code::DeadlineExceeded);
+    assert!(check(&bank, &id).await.is_ok(), "the slot is free again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_verdicts_verify_offline_and_any_change_fails() {
+    let fixture = Fixture::start(&[]);
+    let id = stolen_number();
+    RegistryClient::new(fixture.as_principal("sz-police").await)
+        .apply(report_stolen("p-1", "440305", &id))
+        .await
+        .unwrap();
+    let hotel = fixture.as_principal("hotel-0001").await;
+    let mut verification = VerificationClient::new(hotel);
+    let keys = verification
+        .get_signing_keys(pb::GetSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1);
+    let presented = card(&id, "20150101", "");
+    let verdict = verification
+        .check(check_request(&id, b"case-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict.signature.as_ref().unwrap().nonce, b"case-42");
+    assert_eq!(
+        idguard::signing::verify(&presented, &verdict, &keys),
+        Ok(())
+    );
+    let mut changed = verdict.clone();
+    changed.status = pb::CardStatus::Valid.into();
+    assert!(idguard::signing::verify(&presented, &changed, &keys).is_err());
+
+    // The command line: save a verdict and the keys, verify offline, and tamper with the file.
+    let saved = fixture.path("verdict.json");
+    let output = fixture.cli(
+        "bank-0755",
+        &[
+            "check",
+            &id,
+            "--issued",
+            "20150101",
+            "--nonce",
+            "case-43",
+            "--save",
+            saved.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let keys_file = fixture.path("keys.json");
+    let output = fixture.cli(
+        "bank-0755",
+        &["signing-keys", "--out", keys_file.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let verify = |path: &Path| {
+        Command::new(BIN)
+            .args([
+                "verify",
+                path.to_str().unwrap(),
+                "--keys",
+                keys_file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let genuine = verify(&saved);
+    assert_eq!(genuine.status.code(), Some(0), "{genuine:?}");
+    assert!(
+        String::from_utf8_lossy(&genuine.stdout).starts_with("genuine"),
+        "{genuine:?}"
+    );
+    let text = std::fs::read_to_string(&saved).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["sequence"] = serde_json::json!(json["sequence"].as_u64().unwrap() + 1);
+    let tampered = fixture.path("tampered.json");
+    std::fs::write(&tampered, json.to_string()).unwrap();
+    let forged = verify(&tampered);
+    assert_eq!(forged.status.code(), Some(1), "{forged:?}");
+    assert!(
+        String::from_utf8_lossy(&forged.stdout).starts_with("NOT GENUINE"),
+        "{forged:?}"
+    );
+}
