@@ -72,8 +72,8 @@ role = "admin"
 /// A TLS server with the policy above and signing keys, and what clients need to reach it.
 struct Fixture {
     dir: tempfile::TempDir,
-    /// Kept for its lifetime: dropping it stops the server.
-    _server: ChildServer,
+    server: ChildServer,
+    flags: Vec<String>,
     url: String,
     ca: String,
     authority: Authority,
@@ -113,8 +113,7 @@ impl Fixture {
             keys,
         ];
         flags.extend(extra.iter().map(|flag| flag.to_string()));
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let server = ChildServer::start_with(&dir.path().join("data"), &flags);
+        let server = start_server(dir.path(), &flags);
         let url = server.url.replace("http://", "https://");
         let identities = WITH_CERTIFICATES
             .iter()
@@ -122,12 +121,21 @@ impl Fixture {
             .collect();
         Self {
             dir,
-            _server: server,
+            server,
+            flags,
             url,
             ca,
             authority,
             identities,
         }
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data dir.
+    fn kill_and_restart(&mut self) {
+        self.server.child.kill().unwrap();
+        self.server.child.wait().unwrap();
+        self.server = start_server(self.dir.path(), &self.flags);
+        self.url = self.server.url.replace("http://", "https://");
     }
 
     fn tls(&self) -> ClientTlsConfig {
@@ -178,6 +186,11 @@ impl Fixture {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+fn start_server(dir: &Path, flags: &[String]) -> ChildServer {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    ChildServer::start_with(&dir.join("data"), &flags)
 }
 
 fn stolen_number() -> String {
@@ -386,16 +399,37 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
         .into_inner();
     assert_eq!(record.events.len(), 1);
     assert_eq!(record.events[0].recorded_by, "sz-police");
+
+    // Shenzhen cannot withdraw what Beijing reported, even under a Shenzhen authority.
+    let ops = fixture.as_principal("ops").await;
+    RegistryClient::new(ops.clone())
+        .apply(report_stolen("bj-1", "110105", &beijing))
+        .await
+        .expect("admin reports nationwide");
+    let mut withdrawal = event(
+        "p-5",
+        datetime!(2026-03-02 09:00 +8),
+        common::withdrawn("bj-1"),
+    );
+    withdrawal.authority = "440305".into();
+    let refused = RegistryClient::new(police.clone())
+        .apply(withdrawal)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(!refused.message().contains("110105"), "{refused:?}");
+    let still_stolen = check(&ops, &beijing).await.unwrap();
+    assert_eq!(still_stolen.reason(), pb::Reason::Stolen);
     let mut watch = records
         .watch(pb::WatchRequest { from_sequence: 0 })
         .await
         .unwrap()
         .into_inner();
-    for sequence in [1, 2] {
+    for (sequence, by) in [(1, "sz-police"), (2, "sz-police"), (3, "ops")] {
         let change = watch.message().await.unwrap().unwrap();
         assert_eq!(
             (change.sequence, change.recorded_by.as_str()),
-            (sequence, "sz-police")
+            (sequence, by)
         );
     }
 
@@ -419,7 +453,6 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let ops = fixture.as_principal("ops").await;
     assert!(check(&ops, &id).await.is_ok());
     assert!(
         RegistryClient::new(ops.clone())
@@ -433,7 +466,7 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
-    let fixture = Fixture::start(&[]);
+    let mut fixture = Fixture::start(&[]);
     let id = stolen_number();
     RegistryClient::new(fixture.as_principal("sz-police").await)
         .apply(report_stolen("p-1", "440305", &id))
@@ -544,6 +577,21 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
         ),
         (0, 3, 1, 2)
     );
+
+    // Every answered hit is durable: after a SIGKILL the log still holds all four.
+    fixture.kill_and_restart();
+    let mut replayed = RegistryClient::new(fixture.as_principal("audit-office").await)
+        .watch_hits(pb::WatchHitsRequest { from_sequence: 3 })
+        .await
+        .unwrap()
+        .into_inner();
+    for (sequence, principal) in [(3, "hotel-0001"), (4, "bank-0755")] {
+        let hit = replayed.message().await.unwrap().unwrap();
+        assert_eq!(
+            (hit.sequence, hit.principal.as_str()),
+            (sequence, principal)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

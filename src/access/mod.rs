@@ -287,6 +287,8 @@ impl Access {
     /// Who is calling, if they may make a call that `needs` this.
     pub fn authorize<T>(&self, request: &Request<T>, needs: Needs) -> Result<Caller, AccessError> {
         let principal = self.authenticate(request)?;
+        // The server's per-call span declares the field; every log line of the call carries it.
+        tracing::Span::current().record("principal", principal.name.as_str());
         if !principal.grants(needs) {
             let Needs::Role(role) = needs else {
                 unreachable!("every principal is granted AnyRole")

@@ -14,7 +14,7 @@ use crate::access::{Access, Caller, Needs, Role};
 use crate::card::{
     Card, FieldError, PresentedCard, china_today, format_date, parse_registrable_number,
 };
-use crate::event::{ValidEvent, validate_event};
+use crate::event::{EventKind, ValidEvent, validate_event};
 use crate::feed::{self, EventLog, HitLog, Log};
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::registry::verdict;
@@ -47,10 +47,28 @@ impl RegistryService {
 }
 
 /// Validates a wire event and checks that `caller` may report it: INVALID_ARGUMENT naming the
-/// field and rule, or PERMISSION_DENIED for an authority outside the caller's scopes.
-fn admissible(caller: &Caller, event: pb::RegistryEvent) -> Result<ValidEvent, Status> {
+/// field and rule, or PERMISSION_DENIED for an authority outside the caller's scopes, or for a
+/// withdrawal of an event that another jurisdiction reported.
+async fn admissible(
+    store: &Arc<Store>,
+    caller: &Caller,
+    event: pb::RegistryEvent,
+) -> Result<ValidEvent, Status> {
     let valid = validate_event(event, now()).map_err(invalid_argument)?;
     caller.may_report_for(&valid.canonical.authority)?;
+    if let EventKind::Withdrawn { target } = &valid.event.kind {
+        let target = target.as_str().to_owned();
+        let reported_by = store.read(move |store| store.authority_of(&target)).await?;
+        if let Some(authority) = reported_by
+            && caller.may_report_for(&authority).is_err()
+        {
+            // The other jurisdiction's authority is theirs to know, not this caller's.
+            return Err(Status::permission_denied(
+                "withdrawn.withdrawn_report_id: the event it names was reported by an authority \
+                 outside this principal's scopes",
+            ));
+        }
+    }
     Ok(valid)
 }
 
@@ -107,7 +125,7 @@ async fn read_submissions(
                 // Over its rate, a reporter's stream is slowed down rather than ended.
                 access.pace(&caller, 1).await;
                 let report_id = event.report_id.clone();
-                match admissible(&caller, event) {
+                match admissible(&store, &caller, event).await {
                     Err(status) => InFlight::Refused(report_id, status),
                     Ok(valid) => match store.enqueue(valid, &caller.principal.name).await {
                         Ok(pending) => InFlight::Queued(report_id, pending),
@@ -151,7 +169,7 @@ impl Registry for RegistryService {
             .access
             .authorize(&request, Needs::Role(Role::Reporter))?;
         let _permit = self.access.admit(&caller, 1)?;
-        let valid = admissible(&caller, request.into_inner())?;
+        let valid = admissible(&self.store, &caller, request.into_inner()).await?;
         let report_id = valid.event.report_id.as_str().to_owned();
         let applied = self.store.apply(valid, &caller.principal.name).await?;
         tracing::info!(

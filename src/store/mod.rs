@@ -375,6 +375,23 @@ impl Store {
             .collect()
     }
 
+    /// The `authority` of the accepted event with this `report_id`, if there is one. Blocking.
+    pub fn authority_of(&self, report_id: &str) -> Result<Option<String>, StoreError> {
+        let Some(slot) = self
+            .shared
+            .db
+            .get_pinned_cf(self.shared.cf(CF_REPORTS), report_id)?
+        else {
+            return Ok(None);
+        };
+        let slot = codec::ReportSlot::decode(&slot)?;
+        Ok(self
+            .shared
+            .event(slot.sequence)?
+            .event
+            .map(|event| event.authority))
+    }
+
     /// The recorded events with these sequences, in order. Blocking.
     pub fn events(&self, sequences: &[u64]) -> Result<Vec<pb::RegistryChange>, StoreError> {
         sequences
