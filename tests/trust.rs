@@ -519,6 +519,17 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
         .into_inner();
     assert_eq!(batch.results[0].reason(), pb::Reason::Unspecified);
     assert_eq!(batch.results[1].status(), pb::CardStatus::Malformed);
+    let streamed = VerificationClient::new(hotel.clone())
+        .check_stream(tokio_stream::iter([check_request(&id, b"")]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(streamed.status(), pb::CardStatus::Invalid);
+    assert_eq!(streamed.reason(), pb::Reason::Unspecified);
 
     let mut hits = RegistryClient::new(fixture.as_principal("audit-office").await)
         .watch_hits(pb::WatchHitsRequest { from_sequence: 0 })
@@ -526,7 +537,7 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
         .unwrap()
         .into_inner();
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let hit = hits.message().await.unwrap().unwrap();
         let verdict = hit.verdict.clone().unwrap();
         assert_eq!(
@@ -544,6 +555,7 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
             (1, "hotel-0001".to_owned(), "front-desk-2".to_owned()),
             (2, "bank-0755".to_owned(), String::new()),
             (3, "hotel-0001".to_owned(), String::new()),
+            (4, "hotel-0001".to_owned(), String::new()),
         ]
     );
     // Live: a new hit arrives on the open feed.
@@ -556,7 +568,7 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
         .await;
     assert!(live.is_ok());
     let hit = hits.message().await.unwrap().unwrap();
-    assert_eq!((hit.sequence, hit.terminal.as_str()), (4, "branch-17"));
+    assert_eq!((hit.sequence, hit.terminal.as_str()), (5, "branch-17"));
 
     let callers = AdminClient::new(fixture.as_principal("ops").await)
         .list_callers(pb::ListCallersRequest {})
@@ -575,17 +587,17 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
             hotel_counts.checks_malformed,
             hotel_counts.hits
         ),
-        (0, 3, 1, 2)
+        (0, 4, 1, 3)
     );
 
-    // Every answered hit is durable: after a SIGKILL the log still holds all four.
+    // Every answered hit is durable: after a SIGKILL the log still holds them all.
     fixture.kill_and_restart();
     let mut replayed = RegistryClient::new(fixture.as_principal("audit-office").await)
-        .watch_hits(pb::WatchHitsRequest { from_sequence: 3 })
+        .watch_hits(pb::WatchHitsRequest { from_sequence: 4 })
         .await
         .unwrap()
         .into_inner();
-    for (sequence, principal) in [(3, "hotel-0001"), (4, "bank-0755")] {
+    for (sequence, principal) in [(4, "hotel-0001"), (5, "bank-0755")] {
         let hit = replayed.message().await.unwrap().unwrap();
         assert_eq!(
             (hit.sequence, hit.principal.as_str()),
