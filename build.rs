@@ -1,5 +1,7 @@
 //! Generates the gRPC code from `proto/` with protox, a pure-Rust protobuf compiler, so building
-//! needs no system `protoc`.
+//! needs no system `protoc`. The compiled descriptors are kept too, for server reflection.
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -7,6 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/google/rpc/status.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("idguard_descriptors.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -19,6 +19,11 @@ pub mod google {
 
 pub use idguard::v1;
 
+/// Every file of the API compiled, with its imports: what server reflection serves, so that
+/// grpcurl, grpcui, Postman and Kreya can call idguard without the `.proto` files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/idguard_descriptors.bin"));
+
 /// The wire form of an instant.
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     let nanos = at.unix_timestamp_nanos();

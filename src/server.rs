@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::access::{Access, Policy, PolicyError};
 use crate::config::ServeConfig;
@@ -36,6 +39,8 @@ pub enum ServeError {
     },
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(
@@ -140,20 +145,80 @@ impl Guards {
     }
 }
 
+/// The services whose health `grpc.health.v1.Health` reports, besides the server as a whole
+/// (the empty name).
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    <VerificationServer<VerificationService> as NamedService>::NAME,
+    <RegistryServer<RegistryService> as NamedService>::NAME,
+    <AdminServer<AdminService> as NamedService>::NAME,
+];
+
+async fn report_health(health: &HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// A server builder with the transport settings every phase shares.
+fn builder(guards_tls: Option<ServerTlsConfig>, streams: u32) -> Result<Server, ServeError> {
+    let mut server = Server::builder();
+    if let Some(tls) = guards_tls {
+        server = server.tls_config(tls)?;
+    }
+    Ok(server.max_concurrent_streams(Some(streams)))
+}
+
+/// While the registry opens (seconds at national scale), the port already answers health checks
+/// with NOT_SERVING, so that an orchestrator can tell "starting" from "down". Returns the
+/// reporter, to say SERVING once the full server has taken over, and the server's task, which
+/// ends once its connections have gone (told to go away when `opened` fires).
+fn serve_while_opening(
+    listener: TcpListener,
+    guards: &Guards,
+    opened: impl Future<Output = ()> + Send + 'static,
+) -> Result<HealthReporter, ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let mut server = builder(guards.tls.clone(), guards.streams_per_connection)?;
+    let reporter = health.clone();
+    tokio::spawn(async move {
+        report_health(&reporter, ServingStatus::NotServing).await;
+        let served = server
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), opened)
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "the start-up health server failed");
+        }
+    });
+    Ok(health)
+}
+
 /// Serves every service on `listener` until `shutdown` resolves, then finishes the calls in
-/// flight. Long-lived streams are told to end at that point, so that shutdown does not wait for
-/// clients that never hang up.
+/// flight. Health turns NOT_SERVING first, so that load balancers stop sending calls; then
+/// long-lived streams are told to end, so that shutdown does not wait for clients that never hang
+/// up. Server reflection (v1 and v1alpha) lets generic tools call every RPC without the protos.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
     guards: Guards,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (start_draining, draining) = watch::channel(false);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    report_health(&health, ServingStatus::Serving).await;
     let shutdown = async move {
         shutdown.await;
+        report_health(&health, ServingStatus::NotServing).await;
         let _ = start_draining.send(true);
     };
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let verification = VerificationServer::new(VerificationService::new(
         Arc::clone(&store),
         Arc::clone(&guards.access),
@@ -170,12 +235,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(guards.access));
-    let mut server = Server::builder();
-    if let Some(tls) = guards.tls {
-        server = server.tls_config(tls)?;
-    }
-    server
-        .max_concurrent_streams(Some(guards.streams_per_connection))
+    builder(guards.tls, guards.streams_per_connection)?
         .trace_fn(|request| {
             tracing::info_span!(
                 "rpc",
@@ -186,24 +246,48 @@ pub async fn serve(
         .add_service(verification)
         .add_service(registry)
         .add_service(admin)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
-        .await
+        .await?;
+    Ok(())
 }
 
 /// `idguard serve`: opens the store, listens, and serves until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     // Before the registry is opened: a refused configuration should fail at once.
     let guards = Guards::from_config(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let address = listener.local_addr()?;
+    // The same socket twice: the start-up server's copy closes when it stops, this one serves on.
+    let listener = listener.into_std()?;
+    let (opened, stop_early_server) = tokio::sync::oneshot::channel::<()>();
+    let early_health = serve_while_opening(
+        TcpListener::from_std(listener.try_clone()?)?,
+        &guards,
+        async move {
+            let _ = stop_early_server.await;
+        },
+    )?;
     let data_dir = config.data_dir.clone();
     let tuning = StoreOptions {
         block_cache_bytes: config.block_cache_mb << 20,
     };
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &tuning))
-        .await
-        .map_err(|error| StoreError::Interrupted(error.to_string()))??;
+    let store = tokio::select! {
+        store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &tuning)) => {
+            store.map_err(|error| StoreError::Interrupted(error.to_string()))??
+        }
+        () = shutdown_signal() => return Ok(()),
+    };
     let store = Arc::new(store);
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -212,22 +296,42 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         index = ?store.index_origin(),
         "registry open"
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: config.listen,
-            source,
-        })?;
-    let address = listener.local_addr()?;
+    let listener = TcpListener::from_std(listener)?;
+    // Watchers of the start-up server hear that the server is up, then are told to reconnect.
+    report_health(&early_health, ServingStatus::Serving).await;
+    let _ = opened.send(());
     // A fixed line on stdout, so scripts and tests can find a port chosen by the kernel.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "idguard listening on {address}")?;
     stdout.flush()?;
     tracing::info!(%address, "serving");
-    serve(listener, store, guards, shutdown_signal()).await?;
+    let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stopping.send(());
+    };
+    // Calls that outlive the grace period (a client's health Watch, a stuck peer) do not hold
+    // the process: what was acknowledged is durable already.
+    let grace_over = async move {
+        if stop_requested.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve(listener, store, guards, shutdown) => served?,
+        () = grace_over => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "calls still open after the grace period; stopping without them"
+        ),
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping server waits for calls in flight before it exits regardless.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
