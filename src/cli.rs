@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::card::CHINA_STANDARD_TIME;
 use crate::config::ServeConfig;
+use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::registry_client::RegistryClient;
 use crate::proto::v1::verification_client::VerificationClient;
 use crate::proto::{self, v1 as pb};
@@ -61,6 +62,24 @@ pub enum Command {
         /// Signing keys saved by `idguard signing-keys`.
         #[arg(long)]
         keys: std::path::PathBuf,
+    },
+    /// Have the server write a consistent backup of the registry while it keeps serving (admin).
+    Backup {
+        /// A new directory on the server's host; an absolute path (relative ones are made
+        /// absolute here, for a server on this machine).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Restore a backup into a new data dir, offline; start `idguard serve` on it afterwards.
+    Restore {
+        /// A directory written by `idguard backup`.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The new registry: a missing or empty directory.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
     },
     /// Read a bearer token on standard input and print its SHA-256, as the access policy's
     /// `token_sha256` holds it.
@@ -424,6 +443,8 @@ pub enum CliError {
     Load(#[from] crate::loadgen::LoadError),
     #[error(transparent)]
     Import(#[from] crate::import::ImportError),
+    #[error("restore: {0}")]
+    Restore(crate::store::StoreError),
     #[error("reading {}: {source}", path.display())]
     Read {
         path: std::path::PathBuf,
@@ -464,7 +485,11 @@ impl CliError {
             },
             Self::Load(crate::loadgen::LoadError::Connect(..)) => 3,
             Self::Read { .. } | Self::Import(crate::import::ImportError::Read { .. }) => 2,
-            Self::Serve(_) | Self::Write { .. } | Self::Load(_) | Self::Import(_) => 6,
+            Self::Serve(_)
+            | Self::Write { .. }
+            | Self::Load(_)
+            | Self::Import(_)
+            | Self::Restore(_) => 6,
         }
     }
 }
@@ -657,6 +682,37 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Verify { verdict, keys } => verify_saved(&verdict, &keys),
+        Command::Backup { to, server } => {
+            let to = std::path::absolute(&to).map_err(|source| CliError::Write {
+                path: to.clone(),
+                source,
+            })?;
+            let mut client = AdminClient::new(connect(&server).await?);
+            let backup = client
+                .backup(pb::BackupRequest {
+                    to_dir: to.display().to_string(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "backup of the registry at sequence {} written to {}",
+                backup.sequence, backup.to_dir
+            );
+            Ok(0)
+        }
+        Command::Restore { from, data_dir } => {
+            let sequence = tokio::task::spawn_blocking(move || {
+                crate::store::restore(&from, &data_dir).map(|sequence| (sequence, data_dir))
+            })
+            .await
+            .map_err(|error| CliError::Rpc(tonic::Status::internal(error.to_string())))?;
+            let (sequence, data_dir) = sequence.map_err(CliError::Restore)?;
+            println!(
+                "restored the registry at sequence {sequence} into {}",
+                data_dir.display()
+            );
+            Ok(0)
+        }
         Command::HashToken => {
             let mut token = String::new();
             std::io::stdin()

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -170,28 +170,74 @@ fn builder(guards_tls: Option<ServerTlsConfig>, streams: u32) -> Result<Server, 
 }
 
 /// While the registry opens (seconds at national scale), the port already answers health checks
-/// with NOT_SERVING, so that an orchestrator can tell "starting" from "down". Returns the
-/// reporter, to say SERVING once the full server has taken over, and the server's task, which
-/// ends once its connections have gone (told to go away when `opened` fires).
-fn serve_while_opening(
-    listener: TcpListener,
-    guards: &Guards,
-    opened: impl Future<Output = ()> + Send + 'static,
-) -> Result<HealthReporter, ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let mut server = builder(guards.tls.clone(), guards.streams_per_connection)?;
-    let reporter = health.clone();
-    tokio::spawn(async move {
-        report_health(&reporter, ServingStatus::NotServing).await;
-        let served = server
-            .add_service(health_service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), opened)
-            .await;
-        if let Err(error) = served {
-            tracing::warn!(%error, "the start-up health server failed");
-        }
-    });
-    Ok(health)
+/// with NOT_SERVING, so that an orchestrator can tell "starting" from "down".
+struct StartupServer {
+    health: HealthReporter,
+    /// Stops accepting and hands the listener back for the full server.
+    stop_accepting: tokio::sync::oneshot::Sender<()>,
+    accepting: tokio::task::JoinHandle<TcpListener>,
+    handed_over: tokio::sync::oneshot::Sender<()>,
+}
+
+impl StartupServer {
+    /// Accepts connections on `listener` for a health-only server until [`StartupServer::hand_over`].
+    fn start(listener: TcpListener, guards: &Guards) -> Result<Self, ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut server = builder(guards.tls.clone(), guards.streams_per_connection)?;
+        let (connections, incoming) = mpsc::channel(16);
+        let (handed_over, go_away) = tokio::sync::oneshot::channel::<()>();
+        let (stop_accepting, mut stop) = tokio::sync::oneshot::channel::<()>();
+        let accepting = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return listener,
+                    accepted = listener.accept() => {
+                        let accepted = accepted.map(|(stream, _)| stream);
+                        if connections.send(accepted).await.is_err() {
+                            return listener;
+                        }
+                    }
+                }
+            }
+        });
+        let reporter = health.clone();
+        tokio::spawn(async move {
+            report_health(&reporter, ServingStatus::NotServing).await;
+            // Its connections are told to go away at the hand-over (so that their next calls reach
+            // the full server); it ends once they have.
+            let served = server
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(incoming),
+                    async move {
+                        let _ = go_away.await;
+                    },
+                )
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "the start-up health server failed");
+            }
+        });
+        Ok(Self {
+            health,
+            stop_accepting,
+            accepting,
+            handed_over,
+        })
+    }
+
+    /// Stops accepting, tells its watchers the server is up, and returns the listener: every
+    /// connection from now on reaches the full server.
+    async fn hand_over(self) -> Result<TcpListener, ServeError> {
+        let _ = self.stop_accepting.send(());
+        let listener = self
+            .accepting
+            .await
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        report_health(&self.health, ServingStatus::Serving).await;
+        let _ = self.handed_over.send(());
+        Ok(listener)
+    }
 }
 
 /// Serves every service on `listener` until `shutdown` resolves, then finishes the calls in
@@ -228,13 +274,13 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let registry = RegistryServer::new(RegistryService::new(
-        store,
+        Arc::clone(&store),
         Arc::clone(&guards.access),
         draining,
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(AdminService::new(guards.access));
+    let admin = AdminServer::new(AdminService::new(store, guards.access));
     builder(guards.tls, guards.streams_per_connection)?
         .trace_fn(|request| {
             tracing::info_span!(
@@ -268,16 +314,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
             source,
         })?;
     let address = listener.local_addr()?;
-    // The same socket twice: the start-up server's copy closes when it stops, this one serves on.
-    let listener = listener.into_std()?;
-    let (opened, stop_early_server) = tokio::sync::oneshot::channel::<()>();
-    let early_health = serve_while_opening(
-        TcpListener::from_std(listener.try_clone()?)?,
-        &guards,
-        async move {
-            let _ = stop_early_server.await;
-        },
-    )?;
+    let startup = StartupServer::start(listener, &guards)?;
     let data_dir = config.data_dir.clone();
     let tuning = StoreOptions {
         block_cache_bytes: config.block_cache_mb << 20,
@@ -296,10 +333,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         index = ?store.index_origin(),
         "registry open"
     );
-    let listener = TcpListener::from_std(listener)?;
-    // Watchers of the start-up server hear that the server is up, then are told to reconnect.
-    report_health(&early_health, ServingStatus::Serving).await;
-    let _ = opened.send(());
+    let listener = startup.hand_over().await?;
     // A fixed line on stdout, so scripts and tests can find a port chosen by the kernel.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "idguard listening on {address}")?;

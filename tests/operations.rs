@@ -5,9 +5,13 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::ChildServer;
+use idguard::proto::v1 as pb;
+use pb::registry_client::RegistryClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -164,5 +168,216 @@ async fn reflection_lists_and_describes_every_service_in_v1_and_v1alpha() {
         list.service
             .iter()
             .any(|service| service.name == "idguard.v1.Registry")
+    );
+}
+
+/// Every change of `Watch` from the start through `through`.
+async fn changes_through(
+    server: &ChildServer,
+    through: u64,
+) -> Vec<idguard::proto::v1::RegistryChange> {
+    let mut client = RegistryClient::new(server.channel().await);
+    let mut feed = client
+        .watch(pb::WatchRequest { from_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut changes = Vec::new();
+    while changes.len() < through as usize {
+        changes.push(feed.message().await.unwrap().unwrap());
+    }
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_taken_under_write_load_restores_the_registry_event_by_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(&dir.path().join("data"));
+    let writing = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for writer in 0..2u64 {
+        let channel = server.channel().await;
+        let writing = Arc::clone(&writing);
+        writers.push(tokio::spawn(async move {
+            let mut client = RegistryClient::new(channel);
+            let mut k = writer * 1_000_000;
+            while writing.load(Ordering::Relaxed) {
+                let events: Vec<_> = (k..k + 50).map(|k| common::loss("w", k)).collect();
+                k += 50;
+                let mut acks = client
+                    .submit(tokio_stream::iter(events))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                while let Some(ack) = acks.message().await.unwrap() {
+                    assert!(ack.error.is_none(), "{ack:?}");
+                }
+            }
+        }));
+    }
+    let mut client = RegistryClient::new(server.channel().await);
+    while check_sequence(&mut client).await < 500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let backup = dir.path().join("backup");
+    let output = server.run(&["backup", "--to", backup.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let backed_up: u64 = stdout
+        .split_whitespace()
+        .nth(6)
+        .and_then(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence in {stdout:?}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.store(false, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let last = check_sequence(&mut client).await;
+    assert!(
+        last > backed_up,
+        "writes went on after the backup ({backed_up} then {last})"
+    );
+    let again = server.run(&["backup", "--to", backup.to_str().unwrap()]);
+    assert_ne!(
+        again.status.code(),
+        Some(0),
+        "a backup over an existing one was allowed"
+    );
+
+    let restored_dir = dir.path().join("restored");
+    let output = Command::new(common::BIN)
+        .args([
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let refused = Command::new(common::BIN)
+        .args([
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "a restore over a registry was allowed"
+    );
+
+    let restored = ChildServer::start(&restored_dir);
+    let mut restored_client = RegistryClient::new(restored.channel().await);
+    assert_eq!(check_sequence(&mut restored_client).await, backed_up);
+    let original = changes_through(&server, backed_up).await;
+    let copy = changes_through(&restored, backed_up).await;
+    assert_eq!(copy.len(), original.len());
+    for (copy, original) in copy.iter().zip(&original) {
+        assert_eq!(copy, original, "event {} differs", original.sequence);
+    }
+    // And the restored node takes new events after the backup's sequence.
+    let applied = restored_client
+        .apply(common::loss("after", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.sequence, backed_up + 1);
+}
+
+/// The registry's sequence as a check reports it.
+async fn check_sequence(client: &mut RegistryClient<tonic::transport::Channel>) -> u64 {
+    let record = client
+        .get_record(pb::GetRecordRequest {
+            id_number: common::nth_number(0),
+        })
+        .await;
+    match record {
+        Ok(record) => record.into_inner().sequence,
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_not_serving_while_the_registry_opens() {
+    // A registry whose index must be rebuilt at start-up: opening takes a moment.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let generated = dir.path().join("gen");
+    let run = |args: &[&str]| {
+        let output = Command::new(common::BIN).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+    };
+    run(&[
+        "gen",
+        "--count",
+        "1000000",
+        "--queries",
+        "10",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    let events = generated.join("events.ndjson");
+    run(&[
+        "import",
+        events.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(data.join("idguard-index.snapshot")).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let Ok(channel) = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        let status = health(&mut HealthClient::new(channel), "idguard.v1.Verification").await;
+        let status = status.map(|status| status as i32).unwrap_or(-1);
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        [
+            ServingStatus::NotServing as i32,
+            ServingStatus::Serving as i32
+        ],
+        "health while opening, then once open"
     );
 }

@@ -7,15 +7,17 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{Access, Needs, Role};
 use crate::proto::v1::{self as pb, admin_server::Admin};
+use crate::store::Store;
 
 /// The `Admin` service.
 pub struct AdminService {
+    store: Arc<Store>,
     access: Arc<Access>,
 }
 
 impl AdminService {
-    pub fn new(access: Arc<Access>) -> Self {
-        Self { access }
+    pub fn new(store: Arc<Store>, access: Arc<Access>) -> Self {
+        Self { store, access }
     }
 }
 
@@ -44,5 +46,27 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ListCallersResponse { callers }))
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.access.authorize(&request, Needs::Role(Role::Admin))?;
+        let to_dir = request.into_inner().to_dir;
+        let path = std::path::PathBuf::from(&to_dir);
+        if !path.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "to_dir: must be an absolute path on the server's host, got {to_dir:?}"
+            )));
+        }
+        if path.exists() {
+            return Err(Status::already_exists(format!(
+                "to_dir: {to_dir} already exists; a backup goes into a new directory"
+            )));
+        }
+        let sequence = self.store.read(move |store| store.backup(&path)).await?;
+        tracing::info!(%to_dir, sequence, "backup written");
+        Ok(Response::new(pb::BackupResponse { to_dir, sequence }))
     }
 }

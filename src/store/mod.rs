@@ -13,6 +13,7 @@
 //! ([`writer`]). Reads run on the caller's thread and block, so async callers go through
 //! `spawn_blocking` (see [`crate::check`]).
 
+mod backup;
 mod bulk;
 mod codec;
 mod hits;
@@ -33,6 +34,7 @@ use crate::index::RecordIndex;
 use crate::proto::v1 as pb;
 use crate::registry::CitizenState;
 
+pub use backup::{registry_sequence, restore};
 pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
 pub use codec::Corrupt;
 pub use writer::Applied;
