@@ -26,6 +26,16 @@ use crate::server::ServeError;
     about = "National registry of invalid resident identity cards"
 )]
 pub struct Cli {
+    /// Log lines as text (coloured on a terminal) or as JSON objects; the level comes from
+    /// `RUST_LOG` (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "IDGUARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -26,4 +26,5 @@ pub mod service;
 pub mod signing;
 pub mod store;
 pub mod synthetic;
+pub mod telemetry;
 pub mod verdict_file;

@@ -282,13 +282,7 @@ pub async fn serve(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(store, guards.access));
     builder(guards.tls, guards.streams_per_connection)?
-        .trace_fn(|request| {
-            tracing::info_span!(
-                "rpc",
-                method = %request.uri().path(),
-                principal = tracing::field::Empty
-            )
-        })
+        .layer(crate::telemetry::rpc_layer())
         .add_service(verification)
         .add_service(registry)
         .add_service(admin)

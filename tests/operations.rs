@@ -381,3 +381,96 @@ async fn health_is_not_serving_while_the_registry_opens() {
         "health while opening, then once open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_each_call_with_its_principal_and_never_a_whole_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(common::BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = format!(
+        "http://{}",
+        line.trim().strip_prefix("idguard listening on ").unwrap()
+    );
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let stolen = common::number("44030519800101001");
+    let mut report = common::event(
+        "r-1",
+        time::macros::datetime!(2026-03-01 09:00 +8),
+        common::reported(common::card(&stolen, "20150101", ""), pb::LossKind::Stolen),
+    );
+    report.authority = "440305".into();
+    RegistryClient::new(channel.clone())
+        .apply(report)
+        .await
+        .unwrap();
+    let mut checks = pb::verification_client::VerificationClient::new(channel);
+    let hit = checks
+        .check(pb::CheckRequest {
+            card: Some(common::card(&stolen, "20150101", "")),
+            min_sequence: 0,
+            nonce: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit.reason(), pb::Reason::Stolen);
+    let refused = checks
+        .check(pb::CheckRequest {
+            card: None,
+            min_sequence: 0,
+            nonce: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let refusal = lines
+        .iter()
+        .find(|line| line["fields"]["status"] == "InvalidArgument")
+        .unwrap_or_else(|| panic!("no refused call logged in {text}"));
+    assert_eq!(refusal["span"]["method"], "/idguard.v1.Verification/Check");
+    assert_eq!(refusal["span"]["principal"], "local");
+    assert!(refusal["span"]["latency_us"].is_u64(), "{refusal}");
+    let hit_line = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "hit: an invalidated card was presented")
+        .unwrap_or_else(|| panic!("no hit logged in {text}"));
+    assert_eq!(
+        hit_line["fields"]["card"],
+        format!("{}********{}", &stolen[..6], &stolen[14..])
+    );
+    assert!(!text.contains(&stolen), "a whole citizen number was logged");
+}
