@@ -60,7 +60,7 @@ if [ ! -f "$WORK/events.csv" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUN
     echo "$COUNT" > "$WORK/count"
 fi
 
-start "$WORK/idguard.log" "$idguard" serve --listen 127.0.0.1:0 --data-dir "$WORK/data"
+start "$WORK/idguard.log" "$idguard" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$WORK/data"
 idguard_pid=$pid idguard_url=http://$address
 
 bench() { # name url mode [extra flags]

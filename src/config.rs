@@ -38,6 +38,13 @@ pub struct ServeConfig {
     /// shedding) rather than queued.
     #[arg(long, env = "IDGUARD_MAX_IN_FLIGHT", default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Address of the Prometheus metrics listener (`GET /metrics`); port 0 picks one (printed
+    /// at start-up after the gRPC address).
+    #[arg(long, env = "IDGUARD_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long, env = "IDGUARD_NO_METRICS")]
+    pub no_metrics: bool,
     /// Concurrent calls (HTTP/2 streams) one connection may have open.
     #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = crate::server::DEFAULT_STREAMS_PER_CONNECTION)]
     pub streams_per_connection: u32,

@@ -61,6 +61,24 @@ pub enum EventKind {
     Withdrawn { target: ReportId },
 }
 
+impl EventKind {
+    /// The kind's name, as the export format and the metrics spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Reported {
+                loss: Loss::Lost, ..
+            } => "lost",
+            EventKind::Reported {
+                loss: Loss::Stolen, ..
+            } => "stolen",
+            EventKind::Issued { .. } => "issued",
+            EventKind::Revoked { .. } => "revoked",
+            EventKind::Cancelled { .. } => "cancelled",
+            EventKind::Withdrawn { .. } => "withdrawn",
+        }
+    }
+}
+
 /// A validated registry event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {

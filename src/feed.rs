@@ -141,6 +141,8 @@ async fn replay<L: Log>(
             return Err(Stop::End(FeedError::ShuttingDown));
         }
         let (from, through) = (*next, log.published());
+        // How far behind a watcher reading the log is: 0 for one that keeps up live.
+        metrics::histogram!("idguard_watch_lag_events").record((through - from + 1) as f64);
         let reader = Arc::clone(log);
         let chunk = tokio::task::spawn_blocking(move || reader.read(from, through, REPLAY_CHUNK))
             .await
@@ -183,7 +185,10 @@ async fn tail<L: Log>(
                     .map_err(|_| Stop::ReaderGone)?;
             }
             // A gap or a lag means changes went by unseen: they are in the log.
-            Ok(_) | Err(RecvError::Lagged(_)) => return Ok(()),
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                metrics::counter!("idguard_watch_fell_behind_total").increment(1);
+                return Ok(());
+            }
             Err(RecvError::Closed) => return Err(Stop::End(FeedError::ShuttingDown)),
         }
     }

@@ -41,6 +41,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::metrics::MetricsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(
@@ -283,6 +285,7 @@ pub async fn serve(
     let admin = AdminServer::new(AdminService::new(store, guards.access));
     builder(guards.tls, guards.streams_per_connection)?
         .layer(crate::telemetry::rpc_layer())
+        .layer(crate::telemetry::metrics::RpcMetricsLayer)
         .add_service(verification)
         .add_service(registry)
         .add_service(admin)
@@ -308,6 +311,14 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
             source,
         })?;
     let address = listener.local_addr()?;
+    let metrics = if config.no_metrics {
+        None
+    } else {
+        let (listener, handle) = crate::telemetry::metrics::install(config.metrics_listen).await?;
+        let metrics_address = listener.local_addr()?;
+        tokio::spawn(crate::telemetry::metrics::serve(listener, handle));
+        Some(metrics_address)
+    };
     let startup = StartupServer::start(listener, &guards)?;
     let data_dir = config.data_dir.clone();
     let tuning = StoreOptions {
@@ -328,10 +339,22 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         "registry open"
     );
     let listener = startup.hand_over().await?;
-    // A fixed line on stdout, so scripts and tests can find a port chosen by the kernel.
+    // Fixed lines on stdout, so scripts and tests can find ports chosen by the kernel: written
+    // at once, since a reader may stop reading after the first. A closed stdout stops nothing.
+    let mut announcement = format!("idguard listening on {address}\n");
+    if let Some(metrics_address) = metrics {
+        tokio::spawn(crate::telemetry::metrics::sample(Arc::downgrade(&store)));
+        announcement.push_str(&format!(
+            "idguard metrics on http://{metrics_address}/metrics\n"
+        ));
+    }
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "idguard listening on {address}")?;
-    stdout.flush()?;
+    if let Err(error) = stdout
+        .write_all(announcement.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!(%error, "cannot write the addresses on stdout");
+    }
     tracing::info!(%address, "serving");
     let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {

@@ -96,3 +96,191 @@ pub fn rpc_layer() -> TraceLayer<
         )
         .on_failure(())
 }
+
+/// Metrics, exported in Prometheus' text format on their own HTTP listener so that scraping never
+/// competes with gRPC for a port or a thread.
+pub mod metrics {
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::Weak;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tonic::codegen::http;
+
+    use crate::store::Store;
+
+    /// Latency buckets, in seconds: from a quarter of a millisecond to a minute-long stream.
+    const LATENCY_BUCKETS: [f64; 14] = [
+        0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+    ];
+    const COUNT_BUCKETS: [f64; 12] = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 8192.0,
+    ];
+    /// How often gauges of the store are read.
+    const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+    /// Why metrics could not be set up.
+    #[derive(Debug, thiserror::Error)]
+    pub enum MetricsError {
+        #[error("metrics: {0}")]
+        Build(#[from] metrics_exporter_prometheus::BuildError),
+        #[error("metrics: listening on {address}: {source}")]
+        Bind {
+            address: SocketAddr,
+            source: std::io::Error,
+        },
+    }
+
+    /// Installs the process-wide recorder and binds `listen`; returns the bound address and the
+    /// handle that renders the exposition.
+    pub async fn install(
+        listen: SocketAddr,
+    ) -> Result<(TcpListener, PrometheusHandle), MetricsError> {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Suffix("_events".into()), &COUNT_BUCKETS)?
+            .install_recorder()?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| MetricsError::Bind {
+                address: listen,
+                source,
+            })?;
+        Ok((listener, handle))
+    }
+
+    /// Answers every HTTP request on `listener` with the exposition (`GET /metrics`), or 404.
+    /// Deliberately minimal: one request per connection, which is what Prometheus sends.
+    pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+        loop {
+            let Ok((mut connection, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let Ok(read) = connection.read(&mut request).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&request[..read]);
+                let response = if head.starts_with("GET /metrics ") {
+                    let body = handle.render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                let _ = connection.write_all(response.as_bytes()).await;
+                let _ = connection.shutdown().await;
+            });
+        }
+    }
+
+    /// Sets the gauges read from the store, every few seconds, for as long as it is open (it
+    /// holds no reference that would keep the store from closing at shutdown).
+    pub async fn sample(store: Weak<Store>) {
+        let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            ticks.tick().await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let stats = store.statistics();
+            metrics::gauge!("idguard_registry_sequence").set(store.sequence() as f64);
+            metrics::gauge!("idguard_hit_sequence").set(store.hit_sequence() as f64);
+            metrics::gauge!("idguard_index_numbers").set(store.index().len() as f64);
+            metrics::gauge!("idguard_index_bytes").set(store.index().table_bytes() as f64);
+            metrics::gauge!("idguard_watch_subscribers").set(stats.watchers as f64);
+            metrics::gauge!("idguard_rocksdb_block_cache_hit_ratio")
+                .set(stats.block_cache_hit_ratio);
+            metrics::gauge!("idguard_rocksdb_pending_compaction_bytes")
+                .set(stats.pending_compaction_bytes as f64);
+            metrics::gauge!("idguard_rocksdb_wal_syncs").set(stats.wal_syncs as f64);
+        }
+    }
+
+    /// The RPC's method as a label: the path of a known service, else `other`, so that random
+    /// paths cannot grow the label set.
+    fn method_label(path: &str) -> String {
+        const KNOWN: [&str; 5] = [
+            "/idguard.v1.",
+            "/grpc.health.v1.",
+            "/grpc.reflection.v1.",
+            "/grpc.reflection.v1alpha.",
+            "/google.",
+        ];
+        if KNOWN.iter().any(|prefix| path.starts_with(prefix)) && path.len() < 96 {
+            path.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Counts every RPC by method and status code, and times it until its response headers (for
+    /// a stream, until it started answering). The status is that of the headers: a unary call's
+    /// error, or OK for a call that answered (a stream that fails later counts as OK here).
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct RpcMetricsLayer;
+
+    impl<S> tower::Layer<S> for RpcMetricsLayer {
+        type Service = RpcMetrics<S>;
+
+        fn layer(&self, inner: S) -> Self::Service {
+            RpcMetrics { inner }
+        }
+    }
+
+    /// The service [`RpcMetricsLayer`] wraps around the router.
+    #[derive(Debug, Clone)]
+    pub struct RpcMetrics<S> {
+        inner: S,
+    }
+
+    type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+    impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(context)
+        }
+
+        fn call(&mut self, request: http::Request<B>) -> Self::Future {
+            // The clone that was made ready is the one to call.
+            let ready = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, ready);
+            let method = method_label(request.uri().path());
+            let started = Instant::now();
+            Box::pin(async move {
+                let response = inner.call(request).await?;
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .map_or(tonic::Code::Ok, |value| {
+                        tonic::Code::from_bytes(value.as_bytes())
+                    });
+                let code = format!("{code:?}");
+                metrics::histogram!("idguard_rpc_latency_seconds", "method" => method.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("idguard_rpc_requests_total", "method" => method, "code" => code)
+                    .increment(1);
+                Ok(response)
+            })
+        }
+    }
+}

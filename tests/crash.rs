@@ -304,7 +304,13 @@ fn another_schema_version_is_refused() {
     assert!(message.contains("schema version \"99\""), "{message}");
 
     let output = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

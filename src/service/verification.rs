@@ -5,7 +5,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use time::Date;
@@ -15,13 +14,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     Draining, MAX_SEQUENCE_WAIT, check_response, gather_messages, invalid_argument,
-    malformed_response, now, reach_sequence, sequence_wait_budget,
+    malformed_response, now, reach_sequence, sequence_wait_budget, wire_reason,
 };
 use crate::access::{Access, Activity, Caller, Disclosure, Needs, Role};
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
 use crate::check::check_cards;
 use crate::proto::{self, v1 as pb, v1::verification_server::Verification};
-use crate::registry::Verdict;
+use crate::registry::{Reason, Verdict};
 use crate::signing::{MAX_NONCE_BYTES, VerdictSigner};
 use crate::store::Store;
 
@@ -109,6 +108,56 @@ fn disclose(response: &mut pb::CheckResponse, disclosure: Disclosure) {
     }
 }
 
+/// A call's verdicts counted, for the caller's activity and the metrics: a handful of counter
+/// updates per call, not one per card.
+#[derive(Debug, Default)]
+struct Tally {
+    valid: u64,
+    malformed: u64,
+    /// Invalid verdicts by reason; few reasons occur in one call.
+    invalid: Vec<(Reason, u64)>,
+    hits: u64,
+}
+
+impl Tally {
+    fn count(&mut self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Valid => self.valid += 1,
+            Verdict::Invalid { reason, .. } => {
+                match self.invalid.iter_mut().find(|(seen, _)| seen == reason) {
+                    Some((_, count)) => *count += 1,
+                    None => self.invalid.push((*reason, 1)),
+                }
+                if verdict.is_hit() {
+                    self.hits += 1;
+                }
+            }
+        }
+    }
+
+    fn record(&self, activity: &Activity) {
+        let invalid = self.invalid.iter().map(|(_, count)| count).sum();
+        Activity::add(&activity.checks_valid, self.valid);
+        Activity::add(&activity.checks_invalid, invalid);
+        Activity::add(&activity.checks_malformed, self.malformed);
+        Activity::add(&activity.hits, self.hits);
+        let checks = |verdict: &'static str, reason: &'static str, count: u64| {
+            if count > 0 {
+                metrics::counter!("idguard_checks_total", "verdict" => verdict, "reason" => reason)
+                    .increment(count);
+            }
+        };
+        checks("valid", "", self.valid);
+        checks("malformed", "", self.malformed);
+        for (reason, count) in &self.invalid {
+            checks("invalid", wire_reason(*reason).as_str_name(), *count);
+        }
+        if self.hits > 0 {
+            metrics::counter!("idguard_hits_total").increment(self.hits);
+        }
+    }
+}
+
 /// One item to answer: the card as sent, and its verdict or why it is malformed.
 struct Judged<'a> {
     card: Option<&'a pb::CardRef>,
@@ -148,17 +197,15 @@ impl Verdicts {
         sequence: u64,
     ) -> Result<Vec<pb::CheckResponse>, Status> {
         let checked_at = now();
-        let activity = &caller.principal.activity;
-        let mut counts = [0u64; 4];
+        let mut tally = Tally::default();
         let mut hits = Vec::new();
         let mut responses: Vec<pb::CheckResponse> = judged
             .iter()
             .map(|item| match &item.verdict {
                 Ok(verdict) => {
                     let response = check_response(*verdict, sequence);
-                    counts[usize::from(*verdict != Verdict::Valid)] += 1;
+                    tally.count(verdict);
                     if verdict.is_hit() {
-                        counts[3] += 1;
                         hits.push(pb::Hit {
                             sequence: 0,
                             principal: caller.principal.name.clone(),
@@ -171,20 +218,12 @@ impl Verdicts {
                     response
                 }
                 Err(error) => {
-                    counts[2] += 1;
+                    tally.malformed += 1;
                     malformed_response(error, sequence)
                 }
             })
             .collect();
-        let counters: [&AtomicU64; 4] = [
-            &activity.checks_valid,
-            &activity.checks_invalid,
-            &activity.checks_malformed,
-            &activity.hits,
-        ];
-        for (counter, count) in counters.into_iter().zip(counts) {
-            Activity::add(counter, count);
-        }
+        tally.record(&caller.principal.activity);
         if !hits.is_empty() {
             for hit in &hits {
                 tracing::warn!(

@@ -167,7 +167,7 @@ impl BulkLoad {
         tuning: &StoreOptions,
         now: OffsetDateTime,
     ) -> Result<Self, StoreError> {
-        let db = open_db(data_dir, tuning)?;
+        let (db, _) = open_db(data_dir, tuning)?;
         let work = work_dir.to_owned();
         if work.exists() {
             std::fs::remove_dir_all(&work)

@@ -49,6 +49,7 @@ fn commit(shared: &Shared, sync: &WriteOptions, group: Vec<HitSubmission>) {
     }
     let outcome = shared.db.write_opt(batch, sync).map_err(StoreError::from);
     if outcome.is_ok() {
+        metrics::counter!("idguard_hits_recorded_total").increment(numbered.len() as u64);
         shared.hit_sequence.store(next - 1, Ordering::Release);
         for hit in numbered {
             // No auditor listening is fine.

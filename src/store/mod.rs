@@ -109,6 +109,8 @@ pub enum ApplyError {
 /// What the reader side and the writer thread share.
 struct Shared {
     db: DB,
+    /// The options the database was opened with: they hold its statistics.
+    options: Options,
     index: RecordIndex,
     /// The highest sequence whose event is durable and visible to checks: read by every check,
     /// so it is a plain atomic.
@@ -165,6 +167,18 @@ impl PendingApply {
     }
 }
 
+/// Figures about the store for operators' metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreStatistics {
+    /// Live subscribers of the change feed (`Watch` streams following live).
+    pub watchers: usize,
+    /// Block-cache hits over lookups since start; 0 before any.
+    pub block_cache_hit_ratio: f64,
+    pub pending_compaction_bytes: u64,
+    /// WAL syncs since start.
+    pub wal_syncs: u64,
+}
+
 /// The registry's durable state and the index that caches it.
 pub struct Store {
     shared: Arc<Shared>,
@@ -188,7 +202,7 @@ impl Store {
 
     /// [`Store::open`] with explicit tuning.
     pub fn open_with(data_dir: &Path, tuning: &StoreOptions) -> Result<Self, StoreError> {
-        let db = open_db(data_dir, tuning)?;
+        let (db, options) = open_db(data_dir, tuning)?;
         let last = last_sequence(&db, CF_EVENTS)?;
         let last_hit = last_sequence(&db, CF_HITS)?;
         let (index, index_origin) = match snapshot::load(data_dir, &db, last) {
@@ -201,6 +215,7 @@ impl Store {
         };
         let shared = Arc::new(Shared {
             db,
+            options,
             index,
             sequence: AtomicU64::new(last),
             published: watch::Sender::new(last),
@@ -232,6 +247,38 @@ impl Store {
             .await
             .map_err(|_| closed())?;
         outcome.await.map_err(|_| closed())?
+    }
+
+    /// Figures for operators' metrics.
+    pub fn statistics(&self) -> StoreStatistics {
+        let ticker = |ticker| self.shared.options.get_ticker_count(ticker);
+        let (hits, misses) = (
+            ticker(rocksdb::statistics::Ticker::BlockCacheHit),
+            ticker(rocksdb::statistics::Ticker::BlockCacheMiss),
+        );
+        let pending_compaction_bytes = COLUMN_FAMILIES
+            .iter()
+            .filter_map(|name| {
+                self.shared
+                    .db
+                    .property_int_value_cf(
+                        self.shared.cf(name),
+                        "rocksdb.estimate-pending-compaction-bytes",
+                    )
+                    .ok()
+                    .flatten()
+            })
+            .sum();
+        StoreStatistics {
+            watchers: self.shared.changes.receiver_count(),
+            block_cache_hit_ratio: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            pending_compaction_bytes,
+            wal_syncs: ticker(rocksdb::statistics::Ticker::WalFileSynced),
+        }
     }
 
     /// The last durable hit's sequence.
@@ -465,7 +512,7 @@ fn family_options(cache: &Cache) -> Options {
 
 /// Opens (creating if it is new) the RocksDB registry in `data_dir`, refusing one that is
 /// damaged, foreign or of another schema, and completing a bulk import that a crash interrupted.
-fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<DB, StoreError> {
+fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<(DB, Options), StoreError> {
     let refuse = |why: String| StoreError::DataDir {
         path: data_dir.to_owned(),
         why,
@@ -484,6 +531,9 @@ fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<DB, StoreError> {
     options.create_if_missing(is_new);
     options.create_missing_column_families(is_new);
     options.increase_parallelism(2);
+    // Tickers only (cache hits, WAL syncs): cheap counters, no timing histograms.
+    options.enable_statistics();
+    options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
     // A family added by a later release is created once the schema mark is checked.
     let existing = if is_new {
         COLUMN_FAMILIES
@@ -509,7 +559,7 @@ fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<DB, StoreError> {
         db.create_cf(name, &family)?;
     }
     bulk::finish_interrupted_ingestion(data_dir, &db)?;
-    Ok(db)
+    Ok((db, options))
 }
 
 /// Whether `data_dir` is missing or empty, so that a registry may be created in it.

@@ -78,8 +78,19 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     } else {
         shared.db.write_opt(batch, sync)
     };
+    metrics::histogram!("idguard_group_commit_events").record(group.len() as f64);
     match written {
         Ok(()) => {
+            for (submission, outcome) in group.iter().zip(&outcomes) {
+                let outcome = match outcome {
+                    Ok(applied) if applied.duplicate => "duplicate",
+                    Ok(_) => "accepted",
+                    Err(_) => "refused",
+                };
+                let kind = submission.event.event.kind.name();
+                metrics::counter!("idguard_events_total", "kind" => kind, "outcome" => outcome)
+                    .increment(1);
+            }
             // Visible to checks (index, then sequence) and to watchers before anyone is told.
             shared.index.insert(touched);
             shared.sequence.store(last, Ordering::Release);

@@ -132,7 +132,14 @@ impl ChildServer {
     /// Starts it with extra `serve` flags.
     pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(flags)
             .stdout(Stdio::piped())
