@@ -91,6 +91,9 @@ pub enum Command {
         #[arg(long)]
         data_dir: std::path::PathBuf,
     },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Read a bearer token on standard input and print its SHA-256, as the access policy's
     /// `token_sha256` holds it.
     HashToken,
@@ -120,6 +123,52 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a `serve` configuration file with the environment over it, and the files it names
+    /// (TLS, access policy, signing keys); print the effective settings and where each came from.
+    Check { file: std::path::PathBuf },
+}
+
+/// Parses the command line, with the `--config` file's settings (or `IDGUARD_CONFIG`'s) as the
+/// defaults of `serve`. Exits, as clap does, on a usage error.
+pub fn parse(args: &[String]) -> Result<Cli, crate::config::ConfigError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let serving = args.iter().skip(1).any(|arg| arg == "serve");
+    if let (true, Some(path)) = (serving, crate::config::config_file_in(args)) {
+        let serve = serve_command();
+        let (serve, _) = crate::config::with_file_defaults(serve, &path)?;
+        command = command.mut_subcommand("serve", |_| serve);
+    }
+    let matches = command.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit()))
+}
+
+fn serve_command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        .find_subcommand("serve")
+        .cloned()
+        .unwrap_or_else(|| unreachable!("serve is a subcommand"))
+}
+
+/// `idguard config check FILE`.
+fn check_config(file: &std::path::Path) -> Result<u8, CliError> {
+    use clap::FromArgMatches;
+    let (serve, from_file) =
+        crate::config::with_file_defaults(serve_command(), file).map_err(CliError::Config)?;
+    let matches = serve
+        .clone()
+        .try_get_matches_from(["serve"])
+        .map_err(|error| CliError::Usage(error.to_string()))?;
+    let config = ServeConfig::from_arg_matches(&matches)
+        .map_err(|error| CliError::Usage(error.to_string()))?;
+    crate::server::Guards::from_config(&config)?;
+    print!("{}", crate::config::describe(&matches, &serve, &from_file));
+    Ok(0)
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +504,10 @@ pub enum CliError {
     Import(#[from] crate::import::ImportError),
     #[error("restore: {0}")]
     Restore(crate::store::StoreError),
+    #[error("configuration: {0}")]
+    Config(crate::config::ConfigError),
+    #[error("{0}")]
+    Usage(String),
     #[error("reading {}: {source}", path.display())]
     Read {
         path: std::path::PathBuf,
@@ -494,7 +547,10 @@ impl CliError {
                 _ => 6,
             },
             Self::Load(crate::loadgen::LoadError::Connect(..)) => 3,
-            Self::Read { .. } | Self::Import(crate::import::ImportError::Read { .. }) => 2,
+            Self::Read { .. }
+            | Self::Import(crate::import::ImportError::Read { .. })
+            | Self::Config(_)
+            | Self::Usage(_) => 2,
             Self::Serve(_)
             | Self::Write { .. }
             | Self::Load(_)
@@ -723,6 +779,7 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
             );
             Ok(0)
         }
+        Command::Config(ConfigCommand::Check { file }) => check_config(&file),
         Command::HashToken => {
             let mut token = String::new();
             std::io::stdin()

@@ -1,11 +1,23 @@
-//! Typed configuration of the server, from flags and `IDGUARD_*` environment variables.
+//! Typed configuration of the server: one TOML file (`--config`), overridden by `IDGUARD_*`
+//! environment variables, overridden by flags.
+//!
+//! The file's keys are the flags' names with `_` for `-` (`data_dir = "/var/lib/idguard"`). Its
+//! values become the flags' defaults before the command line is parsed, so that the precedence is
+//! clap's own (flag, then environment, then default) and every value is checked the same way
+//! whatever its source. An unknown key is an error, never silently ignored.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
 
 /// How `idguard serve` runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
+    /// A TOML file of these settings (keys: the flags' names with `_`); environment variables
+    /// and flags override it.
+    #[arg(long, env = "IDGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on for gRPC; port 0 picks a free port (printed at start-up).
     #[arg(long, env = "IDGUARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -48,4 +60,118 @@ pub struct ServeConfig {
     /// Concurrent calls (HTTP/2 streams) one connection may have open.
     #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = crate::server::DEFAULT_STREAMS_PER_CONNECTION)]
     pub streams_per_connection: u32,
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Syntax {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{}: {key}: {why}", path.display())]
+    Key {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+}
+
+/// The configuration file named by `--config FILE` (or `--config=FILE`) in `args`, else by
+/// `IDGUARD_CONFIG`.
+pub fn config_file_in(args: &[String]) -> Option<PathBuf> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("IDGUARD_CONFIG").map(PathBuf::from)
+}
+
+/// `serve` with the settings of the file at `path` as its defaults, and the keys the file set.
+pub fn with_file_defaults(
+    serve: clap::Command,
+    path: &Path,
+) -> Result<(clap::Command, Vec<String>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Syntax {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let mut serve = serve;
+    let mut keys = Vec::new();
+    for (key, value) in table {
+        let refuse = |why: &str| ConfigError::Key {
+            path: path.to_owned(),
+            key: key.clone(),
+            why: why.to_owned(),
+        };
+        let known = serve
+            .get_arguments()
+            .any(|arg| arg.get_id() == key.as_str() && arg.get_long().is_some());
+        if !known || key == "config" {
+            return Err(refuse("unknown key (see `idguard serve --help`)"));
+        }
+        let text = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            _ => return Err(refuse("must be a string, an integer or a boolean")),
+        };
+        serve = serve.mut_arg(key.as_str(), |arg| {
+            arg.default_value(clap::builder::Str::from(text))
+        });
+        keys.push(key);
+    }
+    Ok((serve, keys))
+}
+
+/// The effective configuration as TOML, each value with where it came from: what
+/// `idguard config check` prints. Settings are paths and numbers; secrets (keys, tokens) live in
+/// the files they name and are never printed.
+pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[String]) -> String {
+    let mut out = String::new();
+    for arg in serve.get_arguments() {
+        let id = arg.get_id().as_str();
+        if arg.get_long().is_none() || id == "config" || id == "help" {
+            continue;
+        }
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue) if from_file.iter().any(|key| key == id) => "file",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let value = matches
+            .get_raw(id)
+            .and_then(|mut values| values.next())
+            .map(|value| value.to_string_lossy().into_owned());
+        match value {
+            Some(value) => {
+                let quoted = toml::Value::String(value.clone()).to_string();
+                let shown = if value.parse::<i64>().is_ok() || value == "true" || value == "false" {
+                    value
+                } else {
+                    quoted
+                };
+                out.push_str(&format!("{id} = {shown}  # {source}\n"));
+            }
+            None => out.push_str(&format!("# {id}: not set\n")),
+        }
+    }
+    out
 }

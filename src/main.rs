@@ -2,11 +2,17 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use idguard::cli::{Cli, run};
+use idguard::cli::{parse, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let cli = match parse(&args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("idguard: {error}");
+            return ExitCode::from(2);
+        }
+    };
     idguard::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

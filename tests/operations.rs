@@ -644,3 +644,107 @@ async fn prometheus_metrics_move_with_calls_checks_and_events() {
         assert!(after.contains(gauge), "{gauge} missing");
     }
 }
+
+#[test]
+fn a_config_file_is_overridden_by_the_environment_then_by_flags_and_unknown_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("idguard.toml");
+    let data = dir.path().join("from-file");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nblock_cache_mb = 64\nmax_in_flight = 10\nno_metrics = true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(common::BIN)
+        .args(["config", "check"])
+        .arg(&file)
+        .env("IDGUARD_BLOCK_CACHE_MB", "128")
+        .output()
+        .unwrap();
+    let effective = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert!(
+        effective.contains("block_cache_mb = 128  # environment"),
+        "{effective}"
+    );
+    assert!(
+        effective.contains("max_in_flight = 10  # file"),
+        "{effective}"
+    );
+    assert!(
+        effective.contains("streams_per_connection = 128  # default"),
+        "{effective}"
+    );
+
+    // `serve --config`: the file's data dir is used, a flag beats the file's max_in_flight.
+    let mut server = Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(["--max-in-flight", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.starts_with("idguard listening on 127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        data.join("CURRENT").exists(),
+        "the file's data_dir was not used"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").unwrap();
+    let refused = Command::new(common::BIN)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("listen_port: unknown key"),
+        "{refused:?}"
+    );
+    let serve_refused = Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(serve_refused.status.code(), Some(2), "{serve_refused:?}");
+
+    // The annotated example in the repository is a valid configuration.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/idguard.toml");
+    let checked = Command::new(common::BIN)
+        .args(["config", "check", example])
+        .output()
+        .unwrap();
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    assert!(
+        String::from_utf8_lossy(&checked.stdout)
+            .contains("data_dir = \"/var/lib/idguard\"  # file")
+    );
+
+    // The files a configuration names are checked too.
+    std::fs::write(&file, "access = \"/nonexistent/access.toml\"\n").unwrap();
+    let missing = Command::new(common::BIN)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/access.toml"),
+        "{missing:?}"
+    );
+}
