@@ -390,7 +390,8 @@ async fn health_is_not_serving_while_the_registry_opens() {
 async fn json_logs_carry_each_call_with_its_principal_and_never_a_whole_number() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let mut child = Command::new(common::BIN)
+    let mut command = Command::new(common::BIN);
+    command
         .args([
             "--log-format",
             "json",
@@ -398,35 +399,13 @@ async fn json_logs_carry_each_call_with_its_principal_and_never_a_whole_number()
             "--listen",
             "127.0.0.1:0",
             "--no-metrics",
-            "--data-dir",
         ])
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = format!(
-        "http://{}",
-        line.trim().strip_prefix("idguard listening on ").unwrap()
-    );
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let stolen = common::number("44030519800101001");
-    let mut report = common::event(
-        "r-1",
-        time::macros::datetime!(2026-03-01 09:00 +8),
-        common::reported(common::card(&stolen, "20150101", ""), pb::LossKind::Stolen),
-    );
-    report.authority = "440305".into();
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (mut server, _) = ChildServer::spawn(command, 1);
+    let channel = server.channel().await;
+    let (stolen, report) = stolen_report();
     RegistryClient::new(channel.clone())
         .apply(report)
         .await
@@ -452,10 +431,10 @@ async fn json_logs_carry_each_call_with_its_principal_and_never_a_whole_number()
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap();
+    server.child.wait().unwrap();
 
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -507,51 +486,27 @@ fn scrape(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_metrics_move_with_calls_checks_and_events() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::BIN)
+    let mut command = Command::new(common::BIN);
+    command
         .args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
-            "--data-dir",
         ])
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut lines = [String::new(), String::new()];
-    for line in &mut lines {
-        std::io::BufRead::read_line(&mut stdout, line).unwrap();
-    }
-    let grpc = format!(
-        "http://{}",
-        lines[0]
-            .trim()
-            .strip_prefix("idguard listening on ")
-            .unwrap()
-    );
+        .stderr(std::process::Stdio::null());
+    let (server, lines) = ChildServer::spawn(command, 2);
     let metrics = lines[1]
-        .trim()
         .strip_prefix("idguard metrics on ")
         .unwrap()
         .to_owned();
     let before = scrape(&metrics);
 
-    let channel = tonic::transport::Channel::from_shared(grpc)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let stolen = common::number("44030519800101001");
-    let mut report = common::event(
-        "r-1",
-        time::macros::datetime!(2026-03-01 09:00 +8),
-        common::reported(common::card(&stolen, "20150101", ""), pb::LossKind::Stolen),
-    );
-    report.authority = "440305".into();
+    let channel = server.channel().await;
+    let (stolen, report) = stolen_report();
     RegistryClient::new(channel.clone())
         .apply(report.clone())
         .await
@@ -587,8 +542,7 @@ async fn prometheus_metrics_move_with_calls_checks_and_events() {
     // The gauges are sampled every 2 s.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let after = scrape(&metrics);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     let moved = |series: &str| sample(&after, series) - sample(&before, series);
     assert_eq!(
@@ -747,4 +701,16 @@ fn a_config_file_is_overridden_by_the_environment_then_by_flags_and_unknown_keys
         String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/access.toml"),
         "{missing:?}"
     );
+}
+
+/// A stolen card's number, and the report that says so.
+fn stolen_report() -> (String, pb::RegistryEvent) {
+    let stolen = common::number("44030519800101001");
+    let mut report = common::event(
+        "r-1",
+        time::macros::datetime!(2026-03-01 09:00 +8),
+        common::reported(common::card(&stolen, "20150101", ""), pb::LossKind::Stolen),
+    );
+    report.authority = "440305".into();
+    (stolen, report)
 }

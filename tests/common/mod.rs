@@ -131,7 +131,8 @@ impl ChildServer {
 
     /// Starts it with extra `serve` flags.
     pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args([
                 "serve",
                 "--listen",
@@ -142,24 +143,34 @@ impl ChildServer {
             ])
             .arg(data_dir)
             .args(flags)
+            .stderr(Stdio::null());
+        Self::spawn(command, 1).0
+    }
+
+    /// Spawns `command`, an `idguard serve` on an ephemeral port, and waits for the first `lines`
+    /// lines of its stdout (the gRPC address, then the metrics address), which it returns.
+    pub fn spawn(mut command: Command, lines: usize) -> (Self, Vec<String>) {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("idguard serve starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first line");
-        let address = line
-            .trim()
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let read: Vec<String> = (0..lines)
+            .map(|_| {
+                let mut line = String::new();
+                stdout.read_line(&mut line).expect("a line");
+                line.trim().to_owned()
+            })
+            .collect();
+        let address = read[0]
             .strip_prefix("idguard listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .unwrap_or_else(|| panic!("unexpected first line {:?}", read[0]))
             .to_owned();
-        Self {
+        let server = Self {
             child,
             url: format!("http://{address}"),
-        }
+        };
+        (server, read)
     }
 
     /// Runs a client command against this server.
