@@ -75,6 +75,7 @@ fn unhex(field: &'static str, text: &str) -> Result<Vec<u8>, NotHex> {
 }
 
 impl SavedVerdict {
+    /// The verdict on `card` as the wire had it, ready to be written.
     pub fn new(card: &pb::CardRef, verdict: &pb::CheckResponse) -> Self {
         Self {
             id_number: card.id_number.clone(),
@@ -123,6 +124,7 @@ impl SavedVerdict {
 }
 
 impl SavedKey {
+    /// A key from `GetSigningKeys`, ready to be written.
     pub fn new(key: &pb::SigningKey) -> Self {
         Self {
             key_id: key.key_id.clone(),
@@ -132,6 +134,7 @@ impl SavedKey {
         }
     }
 
+    /// The key as `GetSigningKeys` returned it.
     pub fn to_wire(&self) -> Result<pb::SigningKey, NotHex> {
         Ok(pb::SigningKey {
             key_id: self.key_id.clone(),

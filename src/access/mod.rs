@@ -41,6 +41,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's name, as the policy file and messages spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Checker => "checker",
@@ -83,16 +84,19 @@ pub enum Scopes {
 pub struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
+    /// The digest of a token as a caller sends it.
     pub fn of(token: &str) -> Self {
         Self(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// A digest written as 64 hexadecimal digits, as the policy holds it.
     pub fn from_hex(text: &str) -> Option<Self> {
         let mut digest = [0; 32];
         hex::decode_to_slice(text, &mut digest).ok()?;
         Some(Self(digest))
     }
 
+    /// The 64 hexadecimal digits the policy's `token_sha256` takes.
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
     }
@@ -109,6 +113,7 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// Adds `amount` to one of the counters (relaxed: they are statistics, not synchronisation).
     pub fn add(counter: &AtomicU64, amount: u64) {
         if amount > 0 {
             counter.fetch_add(amount, Ordering::Relaxed);
@@ -129,6 +134,7 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// A principal with a fresh bucket and zeroed activity.
     pub fn new(
         name: String,
         role: Role,

@@ -16,6 +16,7 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// The service over `store`, open to admins of `access` only.
     pub fn new(store: Arc<Store>, access: Arc<Access>) -> Self {
         Self { store, access }
     }
