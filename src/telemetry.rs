@@ -268,12 +268,7 @@ pub mod metrics {
             let started = Instant::now();
             Box::pin(async move {
                 let response = inner.call(request).await?;
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .map_or(tonic::Code::Ok, |value| {
-                        tonic::Code::from_bytes(value.as_bytes())
-                    });
+                let code = super::grpc_status(response.headers()).unwrap_or(tonic::Code::Ok);
                 let code = format!("{code:?}");
                 metrics::histogram!("idguard_rpc_latency_seconds", "method" => method.clone())
                     .record(started.elapsed().as_secs_f64());

@@ -246,27 +246,16 @@ async fn a_backup_taken_under_write_load_restores_the_registry_event_by_event() 
     );
 
     let restored_dir = dir.path().join("restored");
-    let output = Command::new(common::BIN)
-        .args([
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--data-dir",
-            restored_dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let restore = || {
+        Command::new(common::BIN)
+            .args(["restore", "--from", backup.to_str().unwrap()])
+            .args(["--data-dir", restored_dir.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let output = restore();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let refused = Command::new(common::BIN)
-        .args([
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--data-dir",
-            restored_dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let refused = restore();
     assert_ne!(
         refused.status.code(),
         Some(0),
@@ -486,19 +475,7 @@ fn scrape(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_metrics_move_with_calls_checks_and_events() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(common::BIN);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(std::process::Stdio::null());
-    let (server, lines) = ChildServer::spawn(command, 2);
+    let (server, lines) = ChildServer::start_reading(&dir.path().join("data"), &[], 2);
     let metrics = lines[1]
         .strip_prefix("idguard metrics on ")
         .unwrap()

@@ -131,6 +131,11 @@ impl ChildServer {
 
     /// Starts it with extra `serve` flags.
     pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
+        Self::start_reading(data_dir, flags, 1).0
+    }
+
+    /// [`ChildServer::start_with`], returning the first `lines` lines it announced.
+    pub fn start_reading(data_dir: &Path, flags: &[&str], lines: usize) -> (Self, Vec<String>) {
         let mut command = Command::new(BIN);
         command
             .args([
@@ -144,7 +149,7 @@ impl ChildServer {
             .arg(data_dir)
             .args(flags)
             .stderr(Stdio::null());
-        Self::spawn(command, 1).0
+        Self::spawn(command, lines)
     }
 
     /// Spawns `command`, an `idguard serve` on an ephemeral port, and waits for the first `lines`
