@@ -203,7 +203,7 @@ pub mod metrics {
                 .set(stats.block_cache_hit_ratio);
             metrics::gauge!("idguard_rocksdb_pending_compaction_bytes")
                 .set(stats.pending_compaction_bytes as f64);
-            metrics::gauge!("idguard_rocksdb_wal_syncs").set(stats.wal_syncs as f64);
+            metrics::counter!("idguard_rocksdb_wal_syncs_total").absolute(stats.wal_syncs);
         }
     }
 

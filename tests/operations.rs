@@ -563,7 +563,7 @@ async fn prometheus_metrics_move_with_calls_checks_and_events() {
     assert_eq!(sample(&after, "idguard_index_numbers"), 1.0);
     assert!(sample(&after, "idguard_index_bytes") > 0.0);
     assert!(
-        sample(&after, "idguard_rocksdb_wal_syncs") >= 2.0,
+        sample(&after, "idguard_rocksdb_wal_syncs_total") >= 2.0,
         "{after}"
     );
     assert!(sample(&after, "idguard_group_commit_events_count") >= 2.0);
