@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -589,12 +590,16 @@ fn a_config_file_is_overridden_by_the_environment_then_by_flags_and_unknown_keys
         ),
     )
     .unwrap();
-    let check = Command::new(common::BIN)
-        .args(["config", "check"])
-        .arg(&file)
-        .env("IDGUARD_BLOCK_CACHE_MB", "128")
-        .output()
-        .unwrap();
+    // `idguard config check PATH`, with `environment` set.
+    let config_check = |path: &Path, environment: &[(&str, &str)]| {
+        Command::new(common::BIN)
+            .args(["config", "check"])
+            .arg(path)
+            .envs(environment.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let check = config_check(&file, &[("IDGUARD_BLOCK_CACHE_MB", "128")]);
     let effective = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(0), "{check:?}");
     assert!(
@@ -637,11 +642,7 @@ fn a_config_file_is_overridden_by_the_environment_then_by_flags_and_unknown_keys
     let _ = server.wait();
 
     std::fs::write(&file, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").unwrap();
-    let refused = Command::new(common::BIN)
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let refused = config_check(&file, &[]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("listen_port: unknown key"),
@@ -656,10 +657,7 @@ fn a_config_file_is_overridden_by_the_environment_then_by_flags_and_unknown_keys
 
     // The annotated example in the repository is a valid configuration.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/idguard.toml");
-    let checked = Command::new(common::BIN)
-        .args(["config", "check", example])
-        .output()
-        .unwrap();
+    let checked = config_check(Path::new(example), &[]);
     assert_eq!(checked.status.code(), Some(0), "{checked:?}");
     assert!(
         String::from_utf8_lossy(&checked.stdout)
@@ -668,11 +666,7 @@ fn a_config_file_is_overridden_by_the_environment_then_by_flags_and_unknown_keys
 
     // The files a configuration names are checked too.
     std::fs::write(&file, "access = \"/nonexistent/access.toml\"\n").unwrap();
-    let missing = Command::new(common::BIN)
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let missing = config_check(&file, &[]);
     assert_ne!(missing.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/access.toml"),
