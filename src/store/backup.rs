@@ -15,7 +15,7 @@ impl Store {
     /// returns the sequence it holds (every event up to it, none after). Blocking.
     pub fn backup(&self, to: &Path) -> Result<u64, StoreError> {
         if to.exists() {
-            return Err(refuse(
+            return Err(StoreError::data_dir(
                 to,
                 "already exists: a backup goes into a new directory",
             ));
@@ -25,21 +25,14 @@ impl Store {
     }
 }
 
-fn refuse(path: &Path, why: &str) -> StoreError {
-    StoreError::DataDir {
-        path: path.to_owned(),
-        why: why.into(),
-    }
-}
-
 /// The last sequence of the registry in `dir`, read without changing anything there; refuses a
 /// directory that is not an idguard registry.
 pub fn registry_sequence(dir: &Path) -> Result<u64, StoreError> {
     let options = Options::default();
     let families = DB::list_cf(&options, dir)
-        .map_err(|error| refuse(dir, &format!("not a registry: {error}")))?;
+        .map_err(|error| StoreError::data_dir(dir, format!("not a registry: {error}")))?;
     let db = DB::open_cf_for_read_only(&options, dir, families, false)?;
-    check_schema(&db, false).map_err(|why| refuse(dir, &why))?;
+    check_schema(&db, false).map_err(|why| StoreError::data_dir(dir, why))?;
     last_sequence(&db, CF_EVENTS)
 }
 
@@ -48,7 +41,7 @@ pub fn registry_sequence(dir: &Path) -> Result<u64, StoreError> {
 pub fn restore(from: &Path, data_dir: &Path) -> Result<u64, StoreError> {
     let sequence = registry_sequence(from)?;
     if !is_new_data_dir(data_dir)? {
-        return Err(refuse(
+        return Err(StoreError::data_dir(
             data_dir,
             "is not empty: a backup is restored into a new data dir only",
         ));

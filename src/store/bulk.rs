@@ -140,10 +140,7 @@ pub struct BulkLoad {
 }
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> StoreError {
-    StoreError::DataDir {
-        path: path.to_owned(),
-        why: format!("{what}: {error}"),
-    }
+    StoreError::data_dir(path, format!("{what}: {error}"))
 }
 
 fn create_spool(path: &Path) -> Result<BufWriter<File>, StoreError> {
@@ -359,10 +356,8 @@ impl Collected {
     fn ingest_all(&self, ssts: &SstSet, progress: &mut dyn Progress) -> Result<(), StoreError> {
         progress.step("ingesting", INGESTED.len() as u64);
         // The saved index does not know the imported numbers; a new one is saved after.
-        snapshot::discard(&self.data_dir).map_err(|why| StoreError::DataDir {
-            path: self.data_dir.clone(),
-            why,
-        })?;
+        snapshot::discard(&self.data_dir)
+            .map_err(|why| StoreError::data_dir(&self.data_dir, why))?;
         // Opening the registry removed any copy left by an import killed before its marker.
         let kept = self.data_dir.join(KEPT_DIR);
         std::fs::create_dir_all(&kept).map_err(|error| io_error("creating", &kept, error))?;
@@ -1040,10 +1035,7 @@ pub(super) fn finish_interrupted_ingestion(data_dir: &Path, db: &DB) -> Result<(
         return Ok(());
     }
     tracing::warn!(dir = %kept.display(), "completing an import that was interrupted");
-    let refuse = |why: String| StoreError::DataDir {
-        path: data_dir.to_owned(),
-        why,
-    };
+    let refuse = |why: String| StoreError::data_dir(data_dir, why);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&kept)
         .map_err(|error| refuse(format!("an interrupted import left no {KEPT_DIR}: {error}")))?
         .map(|entry| entry.map(|entry| entry.path()))

@@ -84,6 +84,16 @@ pub enum StoreError {
     Io(String),
 }
 
+impl StoreError {
+    /// A refusal or failure about the data dir (or another registry directory) at `path`.
+    fn data_dir(path: &Path, why: impl Into<String>) -> Self {
+        Self::DataDir {
+            path: path.to_owned(),
+            why: why.into(),
+        }
+    }
+}
+
 impl From<std::io::Error> for StoreError {
     fn from(error: std::io::Error) -> Self {
         Self::Io(error.to_string())
@@ -513,10 +523,7 @@ fn family_options(cache: &Cache) -> Options {
 /// Opens (creating if it is new) the RocksDB registry in `data_dir`, refusing one that is
 /// damaged, foreign or of another schema, and completing a bulk import that a crash interrupted.
 fn open_db(data_dir: &Path, tuning: &StoreOptions) -> Result<(DB, Options), StoreError> {
-    let refuse = |why: String| StoreError::DataDir {
-        path: data_dir.to_owned(),
-        why,
-    };
+    let refuse = |why: String| StoreError::data_dir(data_dir, why);
     let is_new = is_new_data_dir(data_dir).map_err(|error| refuse(error.to_string()))?;
     if !is_new && !data_dir.join("CURRENT").exists() {
         return Err(refuse(
@@ -604,9 +611,8 @@ fn start_thread<T: Send + 'static>(
     let thread = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || run(&shared, receiver))
-        .map_err(|error| StoreError::DataDir {
-            path: data_dir.to_owned(),
-            why: format!("starting the {name} thread: {error}"),
+        .map_err(|error| {
+            StoreError::data_dir(data_dir, format!("starting the {name} thread: {error}"))
         })?;
     Ok((sender, thread))
 }
