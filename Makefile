@@ -12,14 +12,17 @@ PROFILE := --release
 run: prereqs
 	cargo run $(PROFILE) -- serve
 
-## The whole test suite: unit, property, gRPC integration and command-line tests.
+## The whole test suite: unit, property, gRPC integration and command-line tests, then the
+## OpenTelemetry export test, which needs the optional `otel` feature.
 test: prereqs
 	cargo test $(PROFILE)
+	cargo test $(PROFILE) --features otel --test otel
 
 ## Formatting and lints, as CI runs them.
 lint: prereqs
 	cargo fmt --check
 	cargo clippy $(PROFILE) --all-targets -- -D warnings
+	cargo clippy $(PROFILE) --all-targets --features otel -- -D warnings
 
 prereqs:
 	@.ci/prereqs

@@ -13,7 +13,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    idguard::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -21,11 +20,22 @@ fn main() -> ExitCode {
             return ExitCode::from(6);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // Inside the runtime: an OpenTelemetry exporter's channel lives on it.
+    let telemetry = match runtime.block_on(async { idguard::telemetry::init(cli.log_format) }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("idguard: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("idguard: {error}");
             ExitCode::from(error.exit_code())
         }
-    }
+    };
+    // Sends the spans still queued while the runtime still runs the exporter's channel.
+    drop(telemetry);
+    code
 }

@@ -1,7 +1,8 @@
 //! Logs: human-readable on a terminal or JSON for a log pipeline, the level from `RUST_LOG`, and
 //! one line per RPC (method, principal, gRPC status, latency) from a span every line of the call
 //! carries. Answered calls log at `debug` (tens of thousands a second would drown everything
-//! else), refused ones at `info`, server failures at `warn`.
+//! else), refused ones at `info`, server failures at `warn`. With the `otel` cargo feature the same
+//! spans can also go to an OpenTelemetry collector.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -11,6 +12,12 @@ use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+#[cfg(feature = "otel")]
+mod otel;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,26 +28,66 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sends logs to stderr in `format`, at the level `RUST_LOG` names (default `info`).
-pub fn init(format: LogFormat) {
+/// What must stay alive while the process runs: with the `otel` feature and an OTLP endpoint, the
+/// span exporter, whose drop sends the last spans.
+#[must_use = "dropping it stops OpenTelemetry export"]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    _exporter: Option<otel::Exporter>,
+}
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter refused its configuration (an endpoint that is not a URI, say).
+    #[cfg(feature = "otel")]
+    #[error("cannot set up OpenTelemetry export: {0}")]
+    Otel(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Sends logs to stderr in `format`, at the level `RUST_LOG` names (default `info`), and, with the
+/// `otel` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans to an OpenTelemetry collector. Call
+/// it inside the Tokio runtime.
+pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => log.json().with_current_span(true).boxed(),
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(log);
+    #[cfg(feature = "otel")]
+    {
+        let (layer, exporter) = otel::layer()?.unzip();
+        subscriber.with(layer).init();
+        Ok(Telemetry {
+            _exporter: exporter,
+        })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        subscriber.init();
+        Ok(Telemetry {})
     }
 }
 
-/// The span of one RPC; the access layer records the principal in it.
+/// The span of one RPC; the access layer records the principal in it. The `otel.*` fields stay
+/// empty (and out of the logs) unless spans are exported.
 fn rpc_span<B>(request: &http::Request<B>) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "rpc",
         method = %request.uri().path(),
         principal = tracing::field::Empty,
-        latency_us = tracing::field::Empty
-    )
+        latency_us = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    otel::describe(&span, request);
+    span
 }
 
 /// The gRPC status of a finished call, from the headers of a trailers-only answer or from the
@@ -52,11 +99,13 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
 }
 
 /// Logs the end of a call; `stream_us` is how long its response stream lasted after the headers.
-fn log_call(status: tonic::Code, stream: Duration) {
+fn log_call(status: tonic::Code, stream: Duration, span: &Span) {
     let stream_us = stream.as_micros() as u64;
+    span.record("rpc.grpc.status_code", status as i32);
     match status {
         tonic::Code::Ok => tracing::debug!(status = ?status, stream_us, "rpc answered"),
         tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
+            span.record("otel.status_code", "error");
             tracing::warn!(status = ?status, stream_us, "rpc failed");
         }
         _ => tracing::info!(status = ?status, stream_us, "rpc refused"),
@@ -83,15 +132,15 @@ pub fn rpc_layer() -> TraceLayer<
                 span.record("latency_us", latency.as_micros() as u64);
                 // A trailers-only answer (an error before any message) carries its status here.
                 if let Some(status) = grpc_status(response.headers()) {
-                    log_call(status, Duration::ZERO);
+                    log_call(status, Duration::ZERO, span);
                 }
             }) as fn(&http::Response<tonic::body::Body>, Duration, &Span),
         )
         .on_body_chunk(())
         .on_eos(
-            (|trailers: Option<&http::HeaderMap>, duration: Duration, _: &Span| {
+            (|trailers: Option<&http::HeaderMap>, duration: Duration, span: &Span| {
                 let status = trailers.and_then(grpc_status).unwrap_or(tonic::Code::Ok);
-                log_call(status, duration);
+                log_call(status, duration, span);
             }) as fn(Option<&http::HeaderMap>, Duration, &Span),
         )
         .on_failure(())
