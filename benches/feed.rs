@@ -43,7 +43,7 @@ async fn start() -> (String, tempfile::TempDir) {
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(idguard::server::serve(
         listener,
-        store,
+        idguard::ledger::Ledger::Local(store),
         Default::default(),
         std::future::pending(),
     ));

@@ -60,6 +60,25 @@ pub struct ServeConfig {
     /// Concurrent calls (HTTP/2 streams) one connection may have open.
     #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = crate::server::DEFAULT_STREAMS_PER_CONNECTION)]
     pub streams_per_connection: u32,
+    /// NATS servers of the cluster's event stream, comma-separated (`nats://HOST:PORT,...`):
+    /// this node then records events in that JetStream stream and applies every node's events
+    /// from it. Without it, the node runs alone on its embedded registry.
+    #[arg(long, env = "IDGUARD_CLUSTER")]
+    pub cluster: Option<String>,
+    /// The JetStream stream of the registry's events; every node of one registry names the same.
+    #[arg(long, env = "IDGUARD_CLUSTER_STREAM", default_value = "IDGUARD")]
+    pub cluster_stream: String,
+    /// Replicas of the stream, when this node is the one to create it: 3 in production, so that
+    /// losing one NATS server loses nothing; 1 for a single NATS server.
+    #[arg(long, env = "IDGUARD_CLUSTER_REPLICAS", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub cluster_replicas: u8,
+    /// JetStream's de-duplication window in seconds, when this node creates the stream: a
+    /// `report_id` published twice within it is stored once. Beyond it, the stored report still
+    /// makes a retry a duplicate.
+    #[arg(long, env = "IDGUARD_CLUSTER_DEDUP_WINDOW", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_dedup_window: u64,
 }
 
 /// Why a configuration file was refused.

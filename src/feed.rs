@@ -25,6 +25,11 @@ pub trait Log: Send + Sync + 'static {
     /// Up to `limit` records from `from` through `through`. Blocking.
     fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError>;
     fn sequence_of(record: &Self::Record) -> u64;
+    /// Whether every sequence up to the published one holds a record, so that a hole means
+    /// damage. A cluster node's event log has holes where a stream message registered nothing.
+    fn gap_free(&self) -> bool {
+        true
+    }
 }
 
 /// The registry's event log (`Watch`).
@@ -43,6 +48,10 @@ impl Log for EventLog {
 
     fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError> {
         self.0.changes(from, through, limit)
+    }
+
+    fn gap_free(&self) -> bool {
+        self.0.stream().is_none()
     }
 
     fn sequence_of(change: &Self::Record) -> u64 {
@@ -148,14 +157,18 @@ async fn replay<L: Log>(
             .await
             .map_err(|error| StoreError::Interrupted(error.to_string()))??;
         if chunk.is_empty() {
-            return Err(missing(*next));
-        }
-        for record in chunk {
-            // Published sequences are all in the log; a hole means damage, not a reason to skip.
-            if L::sequence_of(&record) != *next {
+            if log.gap_free() {
                 return Err(missing(*next));
             }
-            *next += 1;
+            *next = through + 1;
+        }
+        for record in chunk {
+            // In a gap-free log a hole means damage, not a reason to skip.
+            let sequence = L::sequence_of(&record);
+            if sequence < *next || (sequence > *next && log.gap_free()) {
+                return Err(missing(*next));
+            }
+            *next = sequence + 1;
             out.send(Ok(record)).await.map_err(|_| Stop::ReaderGone)?;
         }
     }
@@ -184,7 +197,8 @@ async fn tail<L: Log>(
                     .await
                     .map_err(|_| Stop::ReaderGone)?;
             }
-            // A gap or a lag means changes went by unseen: they are in the log.
+            // A gap or a lag means changes went by unseen: they are in the log (or, where the
+            // log has holes, replaying says there were none).
             Ok(_) | Err(RecvError::Lagged(_)) => {
                 metrics::counter!("idguard_watch_fell_behind_total").increment(1);
                 return Ok(());

@@ -4,13 +4,16 @@
 //! The flow reads top to bottom: [`card`] and [`event`] validate what arrives; [`registry`] folds
 //! events into per-number state and judges cards, with no I/O; [`store`] persists that state in
 //! RocksDB; [`index`] caches which numbers have any; [`check`] answers checks from both and [`feed`] streams changes;
-//! [`access`] decides who may call what, and [`signing`] signs verdicts; [`service`] translates
-//! gRPC; [`server`] wires it together and [`cli`] is the command line.
+//! [`ledger`] records accepted events, on this node or, through [`cluster`], in a NATS JetStream
+//! stream that every node applies; [`access`] decides who may call what, and [`signing`] signs
+//! verdicts; [`service`] translates gRPC; [`server`] wires it together and [`cli`] is the command
+//! line.
 
 pub mod access;
 pub mod card;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod export;
@@ -18,6 +21,7 @@ pub mod extsort;
 pub mod feed;
 pub mod import;
 pub mod index;
+pub mod ledger;
 pub mod loadgen;
 pub mod proto;
 pub mod registry;

@@ -14,7 +14,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::{Access, Policy, PolicyError};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::ServeConfig;
+use crate::ledger::Ledger;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::v1::verification_server::VerificationServer;
@@ -58,6 +60,13 @@ pub enum ServeError {
     OpenOffLoopback(std::net::SocketAddr),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(
+        "the data dir follows the cluster stream {0:?}: start this node with --cluster (its \
+         events come from the stream), or restore a single-node backup into a new data dir"
+    )]
+    FollowsStream(String),
     #[error(transparent)]
     SigningKeys(#[from] KeysError),
     #[error("--signing-keys: no key in it is valid now; verdicts would go out unsigned")]
@@ -248,10 +257,11 @@ impl StartupServer {
 /// up. Server reflection (v1 and v1alpha) lets generic tools call every RPC without the protos.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<Store>,
+    ledger: Ledger,
     guards: Guards,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let store = Arc::clone(ledger.store());
     let (start_draining, draining) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, ServingStatus::Serving).await;
@@ -276,7 +286,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let registry = RegistryServer::new(RegistryService::new(
-        Arc::clone(&store),
+        ledger,
         Arc::clone(&guards.access),
         draining,
     ))
@@ -338,6 +348,17 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         index = ?store.index_origin(),
         "registry open"
     );
+    let cluster = match ClusterConfig::from_serve(&config) {
+        Some(cluster) => Some(Arc::new(Cluster::join(&cluster, Arc::clone(&store)).await?)),
+        None => match store.stream() {
+            Some(stream) => return Err(ServeError::FollowsStream(stream.to_owned())),
+            None => None,
+        },
+    };
+    let ledger = match &cluster {
+        Some(cluster) => Ledger::Cluster(Arc::clone(cluster)),
+        None => Ledger::Local(Arc::clone(&store)),
+    };
     let listener = startup.hand_over().await?;
     // Fixed lines on stdout, so scripts and tests can find ports chosen by the kernel: written
     // at once, since a reader may stop reading after the first. A closed stdout stops nothing.
@@ -371,11 +392,14 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     };
     tokio::select! {
-        served = serve(listener, store, guards, shutdown) => served?,
+        served = serve(listener, ledger, guards, shutdown) => served?,
         () = grace_over => tracing::warn!(
             grace = ?SHUTDOWN_GRACE,
             "calls still open after the grace period; stopping without them"
         ),
+    }
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
     }
     tracing::info!("stopped");
     Ok(())

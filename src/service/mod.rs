@@ -199,7 +199,11 @@ impl From<ApplyError> for Status {
         match error {
             ApplyError::Invalid(error) => invalid_argument(error),
             ApplyError::Conflict { .. } => Status::already_exists(error.to_string()),
-            ApplyError::Closed => Status::unavailable(error.to_string()),
+            ApplyError::Closed | ApplyError::Unavailable(_) => {
+                Status::unavailable(error.to_string())
+            }
+            ApplyError::FollowsStream(_) => Status::failed_precondition(error.to_string()),
+            ApplyError::Unreadable(_) => Status::internal(error.to_string()),
             ApplyError::Store(error) => error.into(),
         }
     }

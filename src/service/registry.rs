@@ -16,6 +16,7 @@ use crate::card::{
 };
 use crate::event::{EventKind, ValidEvent, validate_event};
 use crate::feed::{self, EventLog, HitLog, Log};
+use crate::ledger::Ledger;
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::registry::verdict;
 use crate::store::{Applied, ApplyError, PendingApply, Store};
@@ -29,17 +30,19 @@ pub type Feed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Changes a `Watch` may have read ahead of a slow reader.
 const WATCH_BUFFER: usize = 256;
 
-/// The `Registry` service over a store.
+/// The `Registry` service over a node's ledger.
 pub struct RegistryService {
+    ledger: Ledger,
     store: Arc<Store>,
     access: Arc<Access>,
     draining: Draining,
 }
 
 impl RegistryService {
-    pub fn new(store: Arc<Store>, access: Arc<Access>, draining: Draining) -> Self {
+    pub fn new(ledger: Ledger, access: Arc<Access>, draining: Draining) -> Self {
         Self {
-            store,
+            store: Arc::clone(ledger.store()),
+            ledger,
             access,
             draining,
         }
@@ -106,7 +109,7 @@ fn refusal(report_id: String, status: &Status) -> pb::SubmitAck {
 /// Reads a `Submit` stream in order: validates each event and queues it for the writer, passing
 /// it on to the acker. Stops reading when the server drains.
 async fn read_submissions(
-    store: Arc<Store>,
+    ledger: Ledger,
     access: Arc<Access>,
     caller: Caller,
     mut events: Streaming<pb::RegistryEvent>,
@@ -125,9 +128,9 @@ async fn read_submissions(
                 // Over its rate, a reporter's stream is slowed down rather than ended.
                 access.pace(&caller, 1).await;
                 let report_id = event.report_id.clone();
-                match admissible(&store, &caller, event).await {
+                match admissible(ledger.store(), &caller, event).await {
                     Err(status) => InFlight::Refused(report_id, status),
-                    Ok(valid) => match store.enqueue(valid, &caller.principal.name).await {
+                    Ok(valid) => match ledger.enqueue(valid, &caller.principal.name).await {
                         Ok(pending) => InFlight::Queued(report_id, pending),
                         Err(error) => InFlight::Refused(report_id, error.into()),
                     },
@@ -171,7 +174,7 @@ impl Registry for RegistryService {
         let _permit = self.access.admit(&caller, 1)?;
         let valid = admissible(&self.store, &caller, request.into_inner()).await?;
         let report_id = valid.event.report_id.as_str().to_owned();
-        let applied = self.store.apply(valid, &caller.principal.name).await?;
+        let applied = self.ledger.apply(valid, &caller.principal.name).await?;
         tracing::info!(
             sequence = applied.sequence,
             duplicate = applied.duplicate,
@@ -196,7 +199,7 @@ impl Registry for RegistryService {
         let (in_flight, queued) = mpsc::channel(SUBMIT_IN_FLIGHT);
         let (acks, stream) = mpsc::channel(SUBMIT_IN_FLIGHT);
         tokio::spawn(read_submissions(
-            Arc::clone(&self.store),
+            self.ledger.clone(),
             Arc::clone(&self.access),
             caller,
             request.into_inner(),

@@ -8,7 +8,7 @@ use std::path::Path;
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{DB, Options};
 
-use super::{CF_EVENTS, Store, StoreError, check_schema, is_new_data_dir, last_sequence};
+use super::{Store, StoreError, applied_sequence, check_schema, is_new_data_dir};
 
 impl Store {
     /// Writes a consistent backup of the registry into `to`, which must not exist yet, and
@@ -33,7 +33,7 @@ pub fn registry_sequence(dir: &Path) -> Result<u64, StoreError> {
         .map_err(|error| StoreError::data_dir(dir, format!("not a registry: {error}")))?;
     let db = DB::open_cf_for_read_only(&options, dir, families, false)?;
     check_schema(&db, false).map_err(|why| StoreError::data_dir(dir, why))?;
-    last_sequence(&db, CF_EVENTS)
+    applied_sequence(&db)
 }
 
 /// Copies the backup in `from` into `data_dir`, which must be missing or empty, and returns the

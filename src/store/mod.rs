@@ -20,13 +20,17 @@ mod hits;
 mod snapshot;
 mod writer;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use time::OffsetDateTime;
 
 use crate::card::{CitizenNumber, FieldError};
 use crate::event::ValidEvent;
@@ -38,6 +42,7 @@ pub use backup::{registry_sequence, restore};
 pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
 pub use codec::Corrupt;
 pub use writer::Applied;
+use writer::Placement;
 
 const CF_EVENTS: &str = "events";
 const CF_REPORTS: &str = "reports";
@@ -112,6 +117,16 @@ pub enum ApplyError {
     Conflict { report_id: String, sequence: u64 },
     #[error("the registry is shutting down")]
     Closed,
+    /// A cluster node could not get the event into the shared stream, or not applied here in
+    /// time: retrying is safe (the `report_id` makes it idempotent).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A cluster stream message that is not an idguard event: it registers nothing.
+    #[error("{0}")]
+    Unreadable(String),
+    /// A node's store follows a cluster stream: its events come from there, not from this node.
+    #[error("this registry follows the cluster stream {0:?}: events are applied from it")]
+    FollowsStream(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -133,6 +148,9 @@ struct Shared {
     hit_sequence: AtomicU64,
     /// Every new hit, in order, once durable.
     hits: broadcast::Sender<Arc<pb::Hit>>,
+    /// The cluster stream this registry follows, once bound to one: its sequences are the
+    /// stream's, so a duplicate or refused stream message leaves a gap.
+    stream: OnceLock<String>,
 }
 
 fn column_family<'db>(db: &'db DB, name: &'static str) -> &'db rocksdb::ColumnFamily {
@@ -168,12 +186,20 @@ pub enum IndexOrigin {
     Rebuilt(Option<String>),
 }
 
-/// An event queued for the writer; its outcome arrives once it is durable (or refused).
-pub struct PendingApply(oneshot::Receiver<Result<Applied, ApplyError>>);
+/// An event on its way into the registry; its outcome arrives once it is durable and applied (or
+/// refused).
+pub struct PendingApply(Pin<Box<dyn Future<Output = Result<Applied, ApplyError>> + Send>>);
 
 impl PendingApply {
+    /// The outcome `outcome` will give.
+    pub fn new(
+        outcome: impl Future<Output = Result<Applied, ApplyError>> + Send + 'static,
+    ) -> Self {
+        Self(Box::pin(outcome))
+    }
+
     pub async fn outcome(self) -> Result<Applied, ApplyError> {
-        self.0.await.map_err(|_| ApplyError::Closed)?
+        self.0.await
     }
 }
 
@@ -213,7 +239,11 @@ impl Store {
     /// [`Store::open`] with explicit tuning.
     pub fn open_with(data_dir: &Path, tuning: &StoreOptions) -> Result<Self, StoreError> {
         let (db, options) = open_db(data_dir, tuning)?;
-        let last = last_sequence(&db, CF_EVENTS)?;
+        let stream = OnceLock::new();
+        if let Some(name) = db.get(STREAM_KEY)? {
+            let _ = stream.set(String::from_utf8_lossy(&name).into_owned());
+        }
+        let last = applied_sequence(&db)?;
         let last_hit = last_sequence(&db, CF_HITS)?;
         let (index, index_origin) = match snapshot::load(data_dir, &db, last) {
             Ok(Some(index)) => (index, IndexOrigin::Loaded),
@@ -232,6 +262,7 @@ impl Store {
             changes: broadcast::Sender::new(LIVE_CHANGES),
             hit_sequence: AtomicU64::new(last_hit),
             hits: broadcast::Sender::new(LIVE_CHANGES),
+            stream,
         });
         let (writer, writer_thread) =
             start_thread(data_dir, "idguard-writer", &shared, writer::run)?;
@@ -308,11 +339,42 @@ impl Store {
 
     /// Queues one validated event for the writer, waiting for room in the queue (this is what
     /// slows down a reporter that sends faster than events become durable). Events queued one
-    /// after the other are applied in that order.
+    /// after the other are applied in that order. A registry that follows a cluster stream
+    /// refuses: its events come from the stream.
     pub async fn enqueue(
         &self,
         event: ValidEvent,
         recorded_by: &str,
+    ) -> Result<PendingApply, ApplyError> {
+        if let Some(stream) = self.stream() {
+            return Err(ApplyError::FollowsStream(stream.to_owned()));
+        }
+        self.submit(Ok(event), recorded_by, Placement::Next).await
+    }
+
+    /// Queues the event that the cluster stream holds at `sequence`, published at `recorded_at`,
+    /// for the writer (see [`Store::enqueue`]); or, for a message that is not a valid event, the
+    /// refusal, which registers nothing but still moves the node past it. The outcome is the same
+    /// on every node.
+    pub async fn enqueue_from_stream(
+        &self,
+        event: Result<ValidEvent, ApplyError>,
+        recorded_by: &str,
+        sequence: u64,
+        recorded_at: OffsetDateTime,
+    ) -> Result<PendingApply, ApplyError> {
+        let placement = Placement::Stream {
+            sequence,
+            recorded_at,
+        };
+        self.submit(event, recorded_by, placement).await
+    }
+
+    async fn submit(
+        &self,
+        event: Result<ValidEvent, ApplyError>,
+        recorded_by: &str,
+        placement: Placement,
     ) -> Result<PendingApply, ApplyError> {
         let writer = self.writer.as_ref().ok_or(ApplyError::Closed)?;
         let (reply, outcome) = oneshot::channel();
@@ -320,11 +382,48 @@ impl Store {
             .send(writer::Submission {
                 event,
                 recorded_by: recorded_by.to_owned(),
+                placement,
                 reply,
             })
             .await
             .map_err(|_| ApplyError::Closed)?;
-        Ok(PendingApply(outcome))
+        Ok(PendingApply::new(async move {
+            outcome.await.map_err(|_| ApplyError::Closed)?
+        }))
+    }
+
+    /// The cluster stream this registry follows, if it is bound to one.
+    pub fn stream(&self) -> Option<&str> {
+        self.shared.stream.get().map(String::as_str)
+    }
+
+    /// Binds this registry to the cluster stream `name`, for good: from now on its events come
+    /// only from that stream, whose sequences become its own. Refused for a registry that holds
+    /// events of its own (their sequences would clash with the stream's) or follows another
+    /// stream. Blocking.
+    pub fn bind_stream(&self, name: &str) -> Result<(), StoreError> {
+        let refuse = |why: String| StoreError::data_dir(&self.data_dir, why);
+        match self.stream() {
+            Some(bound) if bound == name => return Ok(()),
+            Some(bound) => {
+                return Err(refuse(format!(
+                    "it follows the cluster stream {bound:?}, not {name:?}"
+                )));
+            }
+            None if self.sequence() > 0 => {
+                return Err(refuse(format!(
+                    "it holds {} events recorded by a single node; a cluster node starts from an \
+                     empty data dir or a backup of another node of the same stream",
+                    self.sequence()
+                )));
+            }
+            None => {}
+        }
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        self.shared.db.put_opt(STREAM_KEY, name, &sync)?;
+        let _ = self.shared.stream.set(name.to_owned());
+        Ok(())
     }
 
     /// Applies one validated event sent by `recorded_by`; resolves once it is durable and visible
@@ -498,6 +597,11 @@ impl Drop for Store {
 const SCHEMA_KEY: &[u8] = b"idguard.schema";
 /// The layout of keys and values this code reads and writes (`codec`).
 const SCHEMA_VERSION: &[u8] = b"1";
+/// The default column family's key for the name of the cluster stream the registry follows.
+const STREAM_KEY: &[u8] = b"idguard.stream";
+/// The default column family's key for the last stream sequence applied, written in the same
+/// batch as what applying it changed.
+const STREAM_POSITION_KEY: &[u8] = b"idguard.stream_position";
 
 /// Options every column family is created, opened and bulk-written with.
 fn family_options(cache: &Cache) -> Options {
@@ -626,6 +730,16 @@ fn last_sequence(db: &DB, family: &'static str) -> Result<u64, StoreError> {
     match last {
         Some((key, _)) => Ok(codec::decode_sequence(&key)?),
         None => Ok(0),
+    }
+}
+
+/// The registry's sequence: its last event's, or for a cluster node the last stream sequence it
+/// applied, which may have registered nothing (a duplicate or refused message).
+fn applied_sequence(db: &DB) -> Result<u64, StoreError> {
+    let last = last_sequence(db, CF_EVENTS)?;
+    match db.get(STREAM_POSITION_KEY)? {
+        Some(position) => Ok(last.max(codec::decode_sequence(&position)?)),
+        None => Ok(last),
     }
 }
 

@@ -16,7 +16,10 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, ReportSlot};
-use super::{ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Shared, StoreError};
+use super::{
+    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_POSITION_KEY, Shared,
+    StoreError,
+};
 use crate::card::{Card, CitizenNumber, FieldError, Rule};
 use crate::event::{EventKind, Loss, ReportId, ValidEvent};
 use crate::proto::{self, v1 as pb};
@@ -34,11 +37,28 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+/// Where an event goes in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// A single node: the next sequence, recorded now.
+    Next,
+    /// A cluster node: the sequence the shared stream gave it, recorded when it was published.
+    /// Whatever its outcome (even a duplicate or a refusal, which register nothing), the node has
+    /// applied the stream up to here, and says so in the same write.
+    Stream {
+        sequence: u64,
+        recorded_at: OffsetDateTime,
+    },
+}
+
 /// One event waiting for the writer, and where to send its outcome.
 pub(super) struct Submission {
-    pub event: ValidEvent,
+    /// The event, or why a stream message could not be read as one: such a message registers
+    /// nothing, but a cluster node has still applied the stream up to it.
+    pub event: Result<ValidEvent, ApplyError>,
     /// The principal that sent it.
     pub recorded_by: String,
+    pub placement: Placement,
     pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
 }
 
@@ -69,7 +89,12 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     let mut overlay = Overlay::new(shared, first_new, OffsetDateTime::now_utc());
     let outcomes: Vec<_> = group
         .iter()
-        .map(|submission| overlay.apply(&submission.event, &submission.recorded_by))
+        .map(|submission| match &submission.event {
+            Ok(valid) => overlay.apply(valid, &submission.recorded_by, submission.placement),
+            Err(refusal) => overlay
+                .place(submission.placement)
+                .and_then(|_| Err(refusal.clone())),
+        })
         .collect();
     let last = overlay.next_sequence - 1;
     let (batch, touched, changes) = overlay.into_batch();
@@ -87,7 +112,10 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
                     Ok(_) => "accepted",
                     Err(_) => "refused",
                 };
-                let kind = submission.event.event.kind.name();
+                let kind = submission
+                    .event
+                    .as_ref()
+                    .map_or("unreadable", |valid| valid.event.kind.name());
                 metrics::counter!("idguard_events_total", "kind" => kind, "outcome" => outcome)
                     .increment(1);
             }
@@ -131,6 +159,8 @@ struct Overlay<'a> {
     citizens: HashMap<CitizenNumber, CitizenState>,
     /// Withdrawals accepted in this group whose target is not registered yet.
     pending_withdrawals: Vec<(ReportId, u64)>,
+    /// The last stream sequence this group applies, for a cluster node.
+    stream_position: Option<u64>,
 }
 
 impl<'a> Overlay<'a> {
@@ -143,6 +173,7 @@ impl<'a> Overlay<'a> {
             reports: HashMap::new(),
             citizens: HashMap::new(),
             pending_withdrawals: Vec::new(),
+            stream_position: None,
         }
     }
 
@@ -200,8 +231,37 @@ impl<'a> Overlay<'a> {
         Ok(sequences)
     }
 
+    /// The sequence and recording time of the next event placed so. A stream message must be the
+    /// one after the last applied: a node never skips one (after a failed write, say), which it
+    /// would then never apply.
+    fn place(&mut self, placement: Placement) -> Result<(u64, OffsetDateTime), ApplyError> {
+        match placement {
+            Placement::Next => Ok((self.next_sequence, self.recorded_at)),
+            Placement::Stream {
+                sequence,
+                recorded_at,
+            } => {
+                if sequence != self.next_sequence {
+                    return Err(ApplyError::Unavailable(format!(
+                        "stream message {sequence} arrived while this node expects {}",
+                        self.next_sequence
+                    )));
+                }
+                self.stream_position = Some(sequence);
+                self.next_sequence = sequence + 1;
+                Ok((sequence, recorded_at))
+            }
+        }
+    }
+
     /// Folds one event into the overlay, or says why it is a duplicate or refused.
-    fn apply(&mut self, valid: &ValidEvent, recorded_by: &str) -> Result<Applied, ApplyError> {
+    fn apply(
+        &mut self,
+        valid: &ValidEvent,
+        recorded_by: &str,
+        placement: Placement,
+    ) -> Result<Applied, ApplyError> {
+        let (sequence, recorded_at) = self.place(placement)?;
         let event = &valid.event;
         if let Some(slot) = self.report(&event.report_id)? {
             let original = self.event(slot.sequence)?;
@@ -217,7 +277,6 @@ impl<'a> Overlay<'a> {
                 })
             };
         }
-        let sequence = self.next_sequence;
         match what_it_touches(&event.kind) {
             Touches::Withdrawal(target) => self.withdraw(sequence, valid, target)?,
             Touches::Number(number, fact) => self.register(sequence, valid, number, fact)?,
@@ -227,7 +286,7 @@ impl<'a> Overlay<'a> {
             pb::RegistryChange {
                 sequence,
                 event: Some(valid.canonical.clone()),
-                recorded_at: Some(proto::timestamp(self.recorded_at)),
+                recorded_at: Some(proto::timestamp(recorded_at)),
                 recorded_by: recorded_by.to_owned(),
             },
         );
@@ -236,7 +295,7 @@ impl<'a> Overlay<'a> {
             number: event.number(),
         };
         self.reports.insert(event.report_id.clone(), slot);
-        self.next_sequence += 1;
+        self.next_sequence = sequence + 1;
         Ok(Applied {
             sequence,
             duplicate: false,
@@ -327,6 +386,9 @@ impl<'a> Overlay<'a> {
                 codec::withdrawal_key(target.as_str().as_bytes(), *sequence),
                 [],
             );
+        }
+        if let Some(position) = self.stream_position {
+            batch.put(STREAM_POSITION_KEY, position.to_be_bytes());
         }
         let mut touched = Vec::with_capacity(self.citizens.len());
         for (number, state) in &self.citizens {

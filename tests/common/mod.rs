@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 
+use idguard::ledger::Ledger;
 use idguard::proto::v1::registry_client::RegistryClient;
 use idguard::proto::v1::registry_event::Kind;
 use idguard::proto::v1::verification_client::VerificationClient;
@@ -38,9 +39,14 @@ impl TestServer {
         let address = listener.local_addr().expect("address");
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            idguard::server::serve(listener, Arc::new(store), Default::default(), async {
-                let _ = stop.await;
-            })
+            idguard::server::serve(
+                listener,
+                Ledger::Local(Arc::new(store)),
+                Default::default(),
+                async {
+                    let _ = stop.await;
+                },
+            )
             .await
             .expect("server runs");
         });

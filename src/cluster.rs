@@ -1,0 +1,431 @@
+//! Beyond one machine: nodes that share one registry through a NATS JetStream stream.
+//!
+//! A node publishes each accepted event to the stream, with its `report_id` as the message id so
+//! that JetStream's de-duplication window drops a retry before it is stored. Every node, the
+//! publisher included, follows the stream in order and applies each message through its own
+//! writer with the stream sequence as the registry sequence, writing how far it has applied in the
+//! same batch; so a restarted node resumes exactly where it stopped, and every node folds the same
+//! events in the same order into the same registry. Publishing answers once JetStream has stored
+//! the event and this node has applied it (read-your-writes here; `min_sequence` elsewhere).
+//!
+//! A message that registers nothing (a duplicate `report_id` beyond the window, which the stored
+//! report turns into a duplicate, or a refused event) leaves a hole in the registry's sequences,
+//! the same hole on every node.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use prost::Message;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+use crate::event::{ValidEvent, validate_event};
+use crate::proto::{self, v1 as pb};
+use crate::store::{Applied, ApplyError, PendingApply, Store, StoreError};
+
+/// Outcomes of recent stream messages kept for the publishers waiting on them.
+const REMEMBERED_OUTCOMES: usize = 1 << 16;
+/// The longest a publisher waits for its own node to apply what the stream stored.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// The pause before a node that lost the stream follows it again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Stream messages read ahead of the writer.
+const FOLLOW_AHEAD: usize = 4096;
+
+/// Where the stream is and how it is made.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs.
+    pub servers: Vec<String>,
+    /// The stream's name; its subject is `<name>.events`.
+    pub stream: String,
+    /// Replicas, and the de-duplication window, used when this node creates the stream.
+    pub replicas: usize,
+    pub duplicate_window: Duration,
+}
+
+impl ClusterConfig {
+    /// The cluster `--cluster` and its companions describe, if any.
+    pub fn from_serve(config: &crate::config::ServeConfig) -> Option<Self> {
+        let servers: Vec<String> = config
+            .cluster
+            .as_deref()?
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Some(Self {
+            servers,
+            stream: config.cluster_stream.clone(),
+            replicas: usize::from(config.cluster_replicas),
+            duplicate_window: Duration::from_secs(config.cluster_dedup_window),
+        })
+    }
+
+    fn subject(&self) -> String {
+        format!("{}.events", self.stream)
+    }
+
+    /// The stream as this node would create it: kept forever (the registry's history), never
+    /// edited (no deletes, purges or roll-ups), on disk.
+    fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream.clone(),
+            description: Some("idguard registry events".into()),
+            subjects: vec![self.subject()],
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a node could not join or follow its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("--cluster: no NATS server URL given")]
+    NoServers,
+    #[error("--cluster: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cluster stream {stream}: {why}")]
+    Stream { stream: String, why: String },
+}
+
+/// This node's membership of a cluster: publishes events, and follows the stream into the store.
+pub struct Cluster {
+    jetstream: jetstream::Context,
+    subject: String,
+    store: Arc<Store>,
+    outcomes: Arc<Outcomes>,
+    follower: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Cluster {
+    /// Binds `store` to the stream for good (see [`Store::bind_stream`]), connects to NATS and
+    /// starts following the stream. NATS need not be up yet: the node serves checks from its own
+    /// copy meanwhile, and connects, creates the stream if needed and catches up once it can.
+    pub async fn join(config: &ClusterConfig, store: Arc<Store>) -> Result<Self, ClusterError> {
+        if config.servers.is_empty() {
+            return Err(ClusterError::NoServers);
+        }
+        let name = config.stream.clone();
+        store.read(move |store| store.bind_stream(&name)).await?;
+        let client = async_nats::ConnectOptions::new()
+            .name("idguard")
+            .retry_on_initial_connect()
+            .connect(config.servers.as_slice())
+            .await?;
+        let jetstream = jetstream::new(client);
+        let outcomes = Arc::new(Outcomes::new(store.sequence()));
+        let follower = tokio::spawn(follow(
+            jetstream.clone(),
+            config.clone(),
+            Arc::clone(&store),
+            Arc::clone(&outcomes),
+        ));
+        Ok(Self {
+            jetstream,
+            subject: config.subject(),
+            store,
+            outcomes,
+            follower: Mutex::new(Some(follower)),
+        })
+    }
+
+    /// The registry this node applies the stream to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Publishes `event` to the stream, waiting only until it is sent; the outcome resolves once
+    /// JetStream has stored it and this node has applied it. Events published one after the other
+    /// are stored in that order.
+    pub async fn enqueue(
+        &self,
+        event: ValidEvent,
+        recorded_by: &str,
+    ) -> Result<PendingApply, ApplyError> {
+        let message = pb::RegistryChange {
+            sequence: 0,
+            event: Some(event.canonical.clone()),
+            recorded_at: Some(proto::timestamp(OffsetDateTime::now_utc())),
+            recorded_by: recorded_by.to_owned(),
+        };
+        let publish = jetstream::message::PublishMessage::build()
+            .message_id(event.event.report_id.as_str())
+            .payload(message.encode_to_vec().into());
+        let stored = self
+            .jetstream
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(unavailable)?;
+        let outcomes = Arc::clone(&self.outcomes);
+        let store = Arc::clone(&self.store);
+        Ok(PendingApply::new(async move {
+            let stored = stored.await.map_err(unavailable)?;
+            let outcome = outcomes.wait(stored.sequence).await?;
+            if stored.duplicate {
+                // JetStream kept the first message with this report_id, not this one.
+                as_duplicate(&store, &event, outcome).await
+            } else {
+                outcome
+            }
+        }))
+    }
+
+    /// Stops following the stream, so that the store can close.
+    pub async fn leave(&self) {
+        let follower = self
+            .follower
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(follower) = follower {
+            follower.abort();
+            let _ = follower.await;
+        }
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApplyError {
+    ApplyError::Unavailable(format!(
+        "the cluster stream did not store the event ({error}); retrying is safe"
+    ))
+}
+
+/// What publishing `event` amounted to when the stream already held a message with its
+/// `report_id`, whose outcome was `first`: a duplicate if it was the same event, else a conflict.
+async fn as_duplicate(
+    store: &Arc<Store>,
+    event: &ValidEvent,
+    first: Result<Applied, ApplyError>,
+) -> Result<Applied, ApplyError> {
+    let first = first?;
+    let sequence = first.sequence;
+    let stored = store.read(move |store| store.events(&[sequence])).await?;
+    if stored.first().and_then(|change| change.event.as_ref()) == Some(&event.canonical) {
+        Ok(Applied {
+            sequence,
+            duplicate: true,
+        })
+    } else {
+        Err(ApplyError::Conflict {
+            report_id: event.event.report_id.as_str().to_owned(),
+            sequence,
+        })
+    }
+}
+
+/// The outcomes of the stream messages this node applied lately, for the publishers among them.
+struct Outcomes {
+    recent: Mutex<BTreeMap<u64, Result<Applied, ApplyError>>>,
+    /// The last stream sequence whose outcome is known.
+    recorded: watch::Sender<u64>,
+}
+
+impl Outcomes {
+    fn new(applied: u64) -> Self {
+        Self {
+            recent: Mutex::new(BTreeMap::new()),
+            recorded: watch::Sender::new(applied),
+        }
+    }
+
+    fn record(&self, sequence: u64, outcome: Result<Applied, ApplyError>) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.insert(sequence, outcome);
+            while recent.len() > REMEMBERED_OUTCOMES {
+                recent.pop_first();
+            }
+        }
+        self.recorded.send_replace(sequence);
+    }
+
+    /// The outcome of stream message `sequence`, once this node has applied it.
+    async fn wait(&self, sequence: u64) -> Result<Result<Applied, ApplyError>, ApplyError> {
+        let mut recorded = self.recorded.subscribe();
+        let reached = tokio::time::timeout(
+            APPLY_WAIT,
+            recorded.wait_for(|&recorded| recorded >= sequence),
+        )
+        .await;
+        if !matches!(reached, Ok(Ok(_))) {
+            return Err(ApplyError::Unavailable(format!(
+                "the cluster stream stored the event at sequence {sequence}, but this node did \
+                 not apply it within {APPLY_WAIT:?}; retrying is safe"
+            )));
+        }
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.get(&sequence).cloned().ok_or_else(|| {
+            ApplyError::Unavailable(format!(
+                "the outcome of stream sequence {sequence} is no longer known here; retrying is safe"
+            ))
+        })
+    }
+}
+
+/// Follows the stream into the store until the store closes, starting again after the last
+/// applied message whenever the stream is lost.
+async fn follow(
+    jetstream: jetstream::Context,
+    config: ClusterConfig,
+    store: Arc<Store>,
+    outcomes: Arc<Outcomes>,
+) {
+    loop {
+        match follow_once(&jetstream, &config, &store, &outcomes).await {
+            Ok(()) => return,
+            Err(error) => {
+                metrics::counter!("idguard_cluster_follow_restarts_total").increment(1);
+                tracing::warn!(%error, applied = store.sequence(), "following the cluster stream");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Follows the stream from the message after the last applied one, until the stream fails
+/// (`Err`) or the store closes (`Ok`).
+async fn follow_once(
+    jetstream: &jetstream::Context,
+    config: &ClusterConfig,
+    store: &Arc<Store>,
+    outcomes: &Arc<Outcomes>,
+) -> Result<(), ClusterError> {
+    let failed = |why: String| ClusterError::Stream {
+        stream: config.stream.clone(),
+        why,
+    };
+    let stream = jetstream
+        .get_or_create_stream(config.stream_config())
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    let from = store.sequence() + 1;
+    let state = stream
+        .get_info()
+        .await
+        .map_err(|error| failed(error.to_string()))?
+        .state;
+    if state.messages > 0 && from < state.first_sequence {
+        return Err(failed(format!(
+            "it now starts at sequence {}, and this node has applied up to {} only: restore a \
+             backup taken at sequence {} or later",
+            state.first_sequence,
+            from - 1,
+            state.first_sequence - 1
+        )));
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    tracing::info!(stream = %config.stream, from, "following the cluster stream");
+    let (queued, applying) = mpsc::channel(FOLLOW_AHEAD);
+    let recorder = tokio::spawn(record_outcomes(applying, Arc::clone(outcomes)));
+    let read = async {
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                // The recorder stopped: a message was not applied, so reading on would skip it.
+                () = queued.closed() => return Ok(()),
+            };
+            let Some(message) = message else {
+                return Err(failed("the stream ended".into()));
+            };
+            let message = message.map_err(|error| failed(error.to_string()))?;
+            let info = message.info().map_err(|error| failed(error.to_string()))?;
+            let sequence = info.stream_sequence;
+            let (event, recorded_by, recorded_at) = read_event(&message.payload, info.published);
+            let pending = match store
+                .enqueue_from_stream(event, &recorded_by, sequence, recorded_at)
+                .await
+            {
+                Ok(pending) => pending,
+                Err(ApplyError::Closed) => return Ok(()),
+                Err(error) => return Err(failed(error.to_string())),
+            };
+            if queued.send((sequence, pending)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let read: Result<(), ClusterError> = read.await;
+    drop(queued);
+    // Every message read is applied or known not to be before following starts again, from the
+    // store's sequence.
+    let recorded = recorder
+        .await
+        .map_err(|error| failed(format!("applying stream messages: {error}")))?;
+    read?;
+    match recorded {
+        Ok(()) | Err(ApplyError::Closed) => Ok(()),
+        Err(error) => Err(failed(format!("applying a stream message: {error}"))),
+    }
+}
+
+/// Waits for each queued message's outcome in order and records it for its publisher. Stops at a
+/// message that was not applied (a failed write, the store closing), which must be read again.
+async fn record_outcomes(
+    mut applying: mpsc::Receiver<(u64, PendingApply)>,
+    outcomes: Arc<Outcomes>,
+) -> Result<(), ApplyError> {
+    while let Some((sequence, pending)) = applying.recv().await {
+        let outcome = pending.outcome().await;
+        if let Err(
+            error @ (ApplyError::Store(_) | ApplyError::Closed | ApplyError::Unavailable(_)),
+        ) = &outcome
+        {
+            return Err(error.clone());
+        }
+        outcomes.record(sequence, outcome);
+    }
+    Ok(())
+}
+
+/// The event a stream message carries, who recorded it and when; a message that is not a valid
+/// event (published by something other than idguard) becomes its refusal. Events are validated
+/// as of their recording time, so that every node reaches the same verdict whenever it reads them.
+fn read_event(
+    payload: &[u8],
+    published: OffsetDateTime,
+) -> (Result<ValidEvent, ApplyError>, String, OffsetDateTime) {
+    let message = match pb::RegistryChange::decode(payload) {
+        Ok(message) => message,
+        Err(error) => {
+            let refusal = ApplyError::Unreadable(format!("not a registry event: {error}"));
+            return (Err(refusal), String::new(), published);
+        }
+    };
+    let recorded_at = message
+        .recorded_at
+        .as_ref()
+        .and_then(proto::instant)
+        .unwrap_or(published);
+    let event = match message.event {
+        Some(event) => validate_event(event, recorded_at).map_err(ApplyError::from),
+        None => Err(ApplyError::Unreadable(
+            "a registry change without its event".into(),
+        )),
+    };
+    (event, message.recorded_by, recorded_at)
+}
