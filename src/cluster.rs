@@ -33,6 +33,8 @@ const REMEMBERED_OUTCOMES: usize = 1 << 16;
 const APPLY_WAIT: Duration = Duration::from_secs(30);
 /// The pause before a node that lost the stream follows it again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long a consumer may deliver nothing before the node asks whether the stream has moved on.
+const STALL_CHECK: Duration = Duration::from_secs(2);
 /// Stream messages read ahead of the writer.
 const FOLLOW_AHEAD: usize = 4096;
 
@@ -343,9 +345,22 @@ async fn follow_once(
     let (queued, applying) = mpsc::channel(FOLLOW_AHEAD);
     let recorder = tokio::spawn(record_outcomes(applying, Arc::clone(outcomes)));
     let read = async {
+        let mut last_read = from - 1;
+        let mut progressed = false;
+        let mut watchdog = tokio::time::interval(STALL_CHECK);
+        watchdog.reset();
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
+                _ = watchdog.tick() => {
+                    if !std::mem::take(&mut progressed) && stalled(&stream, last_read).await {
+                        return Err(failed(format!(
+                            "no message for {STALL_CHECK:?} after sequence {last_read} while the \
+                             stream holds later ones"
+                        )));
+                    }
+                    continue;
+                }
                 // The recorder stopped: a message was not applied, so reading on would skip it.
                 () = queued.closed() => return Ok(()),
             };
@@ -367,6 +382,8 @@ async fn follow_once(
             if queued.send((sequence, pending)).await.is_err() {
                 return Ok(());
             }
+            last_read = sequence;
+            progressed = true;
         }
     };
     let read: Result<(), ClusterError> = read.await;
@@ -380,6 +397,16 @@ async fn follow_once(
     match recorded {
         Ok(()) | Err(ApplyError::Closed) => Ok(()),
         Err(error) => Err(failed(format!("applying a stream message: {error}"))),
+    }
+}
+
+/// Whether the stream holds messages after `last_read`: then a consumer that delivered nothing
+/// for a while is stuck (its server died, say, and the client keeps asking that server) and is
+/// replaced. Not knowing (NATS unreachable) is not a reason to replace it.
+async fn stalled(stream: &stream::Stream, last_read: u64) -> bool {
+    match tokio::time::timeout(STALL_CHECK, stream.get_info()).await {
+        Ok(Ok(info)) => info.state.last_sequence > last_read,
+        _ => false,
     }
 }
 

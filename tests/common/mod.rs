@@ -2,6 +2,8 @@
 //! temp dir, generated tonic clients, and builders for wire events.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,263 @@
+//! Cluster mode on a real three-server NATS JetStream cluster (R3) with three idguard nodes, all
+//! real processes on loopback: propagation, losing a NATS server, killing a node mid-burst, cutting
+//! a node off from NATS, and duplicates sent to different nodes at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::nats::{NatsCluster, Node, Proxy};
+use common::{card, loss, nth_number};
+use idguard::proto::v1 as pb;
+use tempfile::TempDir;
+use tokio_stream::StreamExt;
+
+/// Three NATS servers and three idguard nodes, each node given every server.
+struct Cluster {
+    nats: NatsCluster,
+    nodes: Vec<Node>,
+    _dirs: TempDir,
+}
+
+impl Cluster {
+    fn start(extra: &[&str]) -> Self {
+        let nats = NatsCluster::start(3);
+        let dirs = tempfile::tempdir().unwrap();
+        let urls = nats.urls();
+        let nodes = ["a", "b", "c"]
+            .iter()
+            .map(|name| Node::start(&dirs.path().join(name), &urls, "REGISTRY", extra))
+            .collect();
+        Self {
+            nats,
+            nodes,
+            _dirs: dirs,
+        }
+    }
+
+    /// Every node's whole log once it has reached `sequence`; asserts they are identical.
+    async fn identical_logs_through(&self, sequence: u64) -> Vec<pb::RegistryChange> {
+        let first = self.nodes[0].log_through(sequence).await;
+        for node in &self.nodes[1..] {
+            assert_eq!(node.log_through(sequence).await, first);
+        }
+        first
+    }
+}
+
+fn check_request(k: u64, min_sequence: u64) -> pb::CheckRequest {
+    pb::CheckRequest {
+        card: Some(card(&nth_number(k), "20150101", "")),
+        min_sequence,
+        nonce: Vec::new(),
+    }
+}
+
+/// The report ids in a log, in order.
+fn report_ids(log: &[pb::RegistryChange]) -> Vec<String> {
+    log.iter()
+        .map(|change| change.event.as_ref().unwrap().report_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_applied_on_one_node_fails_checks_on_the_others() {
+    let cluster = Cluster::start(&[]);
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut delays = Vec::new();
+    for k in 1..=20 {
+        let applied = a.apply(loss("P-", k)).await.unwrap();
+        assert!(!applied.duplicate);
+        let written = Instant::now();
+        for node in [b, c] {
+            let verdict = node
+                .verification()
+                .await
+                .check(check_request(k, applied.sequence))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(verdict.status(), pb::CardStatus::Invalid);
+            assert_eq!(verdict.reason(), pb::Reason::Lost);
+            assert!(verdict.sequence >= applied.sequence);
+        }
+        delays.push(written.elapsed());
+    }
+    delays.sort();
+    eprintln!(
+        "propagation to both other nodes: p50 {:?}, max {:?}",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+    // Read-your-writes on the publishing node, without min_sequence.
+    let own = a
+        .verification()
+        .await
+        .check(check_request(20, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.status(), pb::CardStatus::Invalid);
+    let log = cluster.identical_logs_through(20).await;
+    assert_eq!(log.len(), 20);
+    assert_eq!(
+        log.iter().map(|change| change.sequence).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_one_nats_server_loses_nothing() {
+    let mut cluster = Cluster::start(&[]);
+    for k in 1..=10 {
+        cluster.nodes[(k % 3) as usize]
+            .apply(loss("N-", k))
+            .await
+            .unwrap();
+    }
+    cluster.nats.servers[0].kill();
+    // Writes on every node go on (each fails over to a live server), and so do checks.
+    let mut last = 0;
+    for k in 11..=40 {
+        last = cluster.nodes[(k % 3) as usize]
+            .apply(loss("N-", k))
+            .await
+            .unwrap()
+            .sequence;
+    }
+    let verdict = cluster.nodes[2]
+        .verification()
+        .await
+        .check(check_request(40, last))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict.status(), pb::CardStatus::Invalid);
+    cluster.nats.servers[0].restart();
+    // The restarted server must now hold the stream: with another one gone, it makes the quorum.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.nats.servers[1].kill();
+    for k in 41..=50 {
+        last = cluster.nodes[(k % 3) as usize]
+            .apply(loss("N-", k))
+            .await
+            .unwrap()
+            .sequence;
+    }
+    let log = cluster.identical_logs_through(last).await;
+    let mut ids = report_ids(&log);
+    ids.sort();
+    let mut sent: Vec<String> = (1..=50).map(|k| format!("N-{k}")).collect();
+    sent.sort();
+    assert_eq!(ids, sent, "every acknowledged event, once each");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_during_a_write_burst_catches_up_exactly() {
+    let mut cluster = Cluster::start(&[]);
+    let events: Vec<pb::RegistryEvent> = (1..=1500).map(|k| loss("K-", k)).collect();
+    let mut registry = cluster.nodes[0].registry().await;
+    // Wait for the stream to exist before the burst: the first event retries until it does.
+    cluster.nodes[0].apply(events[0].clone()).await.unwrap();
+    let burst = tokio::spawn(async move {
+        let acks = registry
+            .submit(tokio_stream::iter(events))
+            .await
+            .unwrap()
+            .into_inner();
+        acks.map(|ack| ack.unwrap()).collect::<Vec<_>>().await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[2].kill_and_restart();
+    let acks = burst.await.unwrap();
+    assert_eq!(acks.len(), 1500);
+    assert!(acks.iter().all(|ack| ack.error.is_none()), "{acks:?}");
+    let last = acks.iter().map(|ack| ack.sequence).max().unwrap();
+    let log = cluster.identical_logs_through(last).await;
+    assert_eq!(log.len(), 1500);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_from_nats_answers_from_its_copy_and_catches_up() {
+    let nats = NatsCluster::start(3);
+    let dirs = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(nats.servers[2].port).await;
+    let a = Node::start(&dirs.path().join("a"), &nats.urls(), "REGISTRY", &[]);
+    let c = Node::start(&dirs.path().join("c"), &proxy.url(), "REGISTRY", &[]);
+    let first = a.apply(loss("C-", 1)).await.unwrap().sequence;
+    c.log_through(first).await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = a.apply(loss("C-", 2)).await.unwrap().sequence;
+    let mut checks = c.verification().await;
+    let stale = checks
+        .check(check_request(2, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stale.status(),
+        pb::CardStatus::Valid,
+        "the node has not heard"
+    );
+    assert_eq!(stale.sequence, first, "and says how stale its answer is");
+    let mut waiting = tonic::Request::new(check_request(2, second));
+    waiting.set_timeout(Duration::from_secs(1));
+    let refused = checks.check(waiting).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::DeadlineExceeded);
+
+    proxy.restore();
+    let mut caught_up = tonic::Request::new(check_request(2, second));
+    caught_up.set_timeout(Duration::from_secs(30));
+    let verdict = checks.check(caught_up).await.unwrap().into_inner();
+    assert_eq!(verdict.status(), pb::CardStatus::Invalid);
+    assert_eq!(c.log_through(second).await, a.log_through(second).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_sent_to_different_nodes_make_one_event() {
+    let cluster = Cluster::start(&["--cluster-dedup-window", "1"]);
+    // The stream exists once any write went through.
+    cluster.nodes[0].apply(loss("D-", 0)).await.unwrap();
+    let event = loss("D-", 1);
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let (from_a, from_b, from_c) = tokio::join!(
+        a.apply(event.clone()),
+        b.apply(event.clone()),
+        c.apply(event.clone())
+    );
+    let answers = [from_a.unwrap(), from_b.unwrap(), from_c.unwrap()];
+    let sequence = answers[0].sequence;
+    assert!(answers.iter().all(|answer| answer.sequence == sequence));
+    assert_eq!(
+        answers.iter().filter(|answer| !answer.duplicate).count(),
+        1,
+        "{answers:?}"
+    );
+
+    // Beyond JetStream's window, the stored report decides on every node.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = cluster.nodes[2].apply(event.clone()).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.sequence, sequence);
+    let mut changed = event.clone();
+    changed.authority = "110105".into();
+    let conflict = cluster.nodes[1].apply(changed).await.unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+
+    let last = cluster.nodes[0]
+        .apply(loss("D-", 2))
+        .await
+        .unwrap()
+        .sequence;
+    let log = cluster.identical_logs_through(last).await;
+    assert_eq!(report_ids(&log), ["D-0", "D-1", "D-2"]);
+    // The late duplicate was a stream message that registered nothing; the conflict, sent within
+    // the window after it, was dropped by JetStream.
+    assert_eq!(last, sequence + 2);
+}
