@@ -106,6 +106,73 @@ async fn an_event_applied_on_one_node_fails_checks_on_the_others() {
         log.iter().map(|change| change.sequence).collect::<Vec<_>>(),
         (1..=20).collect::<Vec<_>>()
     );
+
+    // A new node bootstraps from another's online backup and replays the stream after it.
+    let backup = cluster._dirs.path().join("backup");
+    let taken = b.server.run(&["backup", "--to", backup.to_str().unwrap()]);
+    assert!(taken.status.success(), "{taken:?}");
+    let fresh = cluster._dirs.path().join("d");
+    let restored = std::process::Command::new(common::BIN)
+        .args(["restore", "--from", backup.to_str().unwrap(), "--data-dir"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+    let later = a.apply(loss("P-", 21)).await.unwrap().sequence;
+    let d = Node::start(&fresh, &cluster.nats.urls(), "REGISTRY", &[]);
+    assert_eq!(d.log_through(later).await, a.log_through(later).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
+    let dirs = tempfile::tempdir().unwrap();
+    let single = dirs.path().join("single");
+    let server = common::ChildServer::start(&single);
+    let mut registry = pb::registry_client::RegistryClient::new(server.channel().await);
+    registry.apply(loss("S-", 1)).await.unwrap();
+    drop(server);
+    let serve = |dir: &std::path::Path, cluster: bool| {
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-metrics",
+                "--data-dir",
+            ])
+            .arg(dir);
+        if cluster {
+            // Refused before NATS is needed: nothing listens here.
+            command.args(["--cluster", "nats://127.0.0.1:9"]);
+        }
+        command.output().unwrap()
+    };
+    let refused = serve(&single, true);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("holds 1 events recorded by a single node"),
+        "{message}"
+    );
+
+    let nats = NatsCluster::start(1);
+    let clustered = dirs.path().join("clustered");
+    let node = Node::start(
+        &clustered,
+        &nats.urls(),
+        "REGISTRY",
+        &["--cluster-replicas", "1"],
+    );
+    node.apply(loss("S-", 2)).await.unwrap();
+    drop(node);
+    let refused = serve(&clustered, false);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("follows the cluster stream \"REGISTRY\""),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

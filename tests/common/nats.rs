@@ -101,7 +101,7 @@ impl NatsCluster {
             .map(|(i, route_port)| {
                 let port = free_port();
                 let store = dir.path().join(format!("nats-{i}"));
-                let args = [
+                let mut args: Vec<String> = [
                     "--jetstream",
                     "--store_dir",
                     &store.to_string_lossy(),
@@ -111,16 +111,24 @@ impl NatsCluster {
                     "127.0.0.1",
                     "--port",
                     &port.to_string(),
-                    "--cluster_name",
-                    "idguard-test",
-                    "--cluster",
-                    &format!("nats://127.0.0.1:{route_port}"),
-                    "--routes",
-                    &routes,
-                    "--no_advertise=true",
                 ]
                 .map(str::to_owned)
                 .to_vec();
+                // One server is not a cluster: JetStream would wait for peers.
+                if size > 1 {
+                    args.extend(
+                        [
+                            "--cluster_name",
+                            "idguard-test",
+                            "--cluster",
+                            &format!("nats://127.0.0.1:{route_port}"),
+                            "--routes",
+                            &routes,
+                            "--no_advertise=true",
+                        ]
+                        .map(str::to_owned),
+                    );
+                }
                 NatsServer {
                     port,
                     args,
