@@ -437,3 +437,69 @@ pub(super) fn what_it_touches(kind: &EventKind) -> Touches<'_> {
         EventKind::Withdrawn { target } => Touches::Withdrawal(target),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::event::validate_event;
+    use crate::store::Store;
+
+    const AT: OffsetDateTime = datetime!(2026-11-22 04:00 UTC);
+
+    fn loss(report_id: &str) -> ValidEvent {
+        let wire = pb::RegistryEvent {
+            report_id: report_id.into(),
+            authority: "440305".into(),
+            occurred_at: Some(proto::timestamp(AT)),
+            kind: Some(pb::registry_event::Kind::Reported(pb::CardReported {
+                card: Some(pb::CardRef {
+                    id_number: "11010519491231002X".into(),
+                    issue_date: "20200101".into(),
+                    expiry_date: String::new(),
+                }),
+                kind: pb::LossKind::Lost as i32,
+            })),
+        };
+        validate_event(wire, AT).unwrap()
+    }
+
+    async fn from_stream(
+        store: &Store,
+        event: Result<ValidEvent, ApplyError>,
+        sequence: u64,
+    ) -> Result<Applied, ApplyError> {
+        let pending = store.enqueue_from_stream(event, "node-a", sequence, AT);
+        pending.await?.outcome().await
+    }
+
+    #[tokio::test]
+    async fn a_cluster_node_applies_the_stream_in_order_and_remembers_how_far() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.bind_stream("REGISTRY").unwrap();
+        let first = from_stream(&store, Ok(loss("r-1")), 1).await.unwrap();
+        assert_eq!((first.sequence, first.duplicate), (1, false));
+        // Skipping a message would lose it for good.
+        let skipped = from_stream(&store, Ok(loss("r-3")), 3).await.unwrap_err();
+        assert!(matches!(skipped, ApplyError::Unavailable(_)), "{skipped}");
+        assert_eq!(store.sequence(), 1);
+        // A message that is no event, and a retry, register nothing but are passed.
+        let unreadable = ApplyError::Unreadable("not a registry event".into());
+        let refused = from_stream(&store, Err(unreadable), 2).await.unwrap_err();
+        assert!(matches!(refused, ApplyError::Unreadable(_)));
+        let retry = from_stream(&store, Ok(loss("r-1")), 3).await.unwrap();
+        assert_eq!((retry.sequence, retry.duplicate), (1, true));
+        assert_eq!(store.sequence(), 3);
+        let local = store.enqueue(loss("r-4"), "local").await.err().unwrap();
+        assert!(matches!(local, ApplyError::FollowsStream(_)), "{local}");
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.sequence(), 3, "the position outlives the last event");
+        assert_eq!(store.stream(), Some("REGISTRY"));
+        assert!(store.bind_stream("OTHER").is_err());
+        assert_eq!(store.changes(1, 3, 10).unwrap().len(), 1);
+    }
+}
