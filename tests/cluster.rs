@@ -131,7 +131,8 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
     let mut registry = pb::registry_client::RegistryClient::new(server.channel().await);
     registry.apply(loss("S-", 1)).await.unwrap();
     drop(server);
-    let serve = |dir: &std::path::Path, cluster: bool| {
+    // What `serve` says as it refuses the data dir.
+    let refusal = |dir: &std::path::Path, cluster: bool| {
         let mut command = std::process::Command::new(common::BIN);
         command
             .args([
@@ -146,11 +147,11 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
             // Refused before NATS is needed: nothing listens here.
             command.args(["--cluster", "nats://127.0.0.1:9"]);
         }
-        command.output().unwrap()
+        let output = command.output().unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let refused = serve(&single, true);
-    assert!(!refused.status.success());
-    let message = String::from_utf8_lossy(&refused.stderr);
+    let message = refusal(&single, true);
     assert!(
         message.contains("holds 1 events recorded by a single node"),
         "{message}"
@@ -166,13 +167,38 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
     );
     node.apply(loss("S-", 2)).await.unwrap();
     drop(node);
-    let refused = serve(&clustered, false);
-    assert!(!refused.status.success());
-    let message = String::from_utf8_lossy(&refused.stderr);
+    let message = refusal(&clustered, false);
     assert!(
         message.contains("follows the cluster stream \"REGISTRY\""),
         "{message}"
     );
+    // Nor may the offline bulk loader write into it.
+    let generated = dirs.path().join("gen");
+    let idguard = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let made = idguard(&[
+        "gen",
+        "--count",
+        "10",
+        "--queries",
+        "1",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let imported = idguard(&[
+        "import",
+        generated.join("events.ndjson").to_str().unwrap(),
+        "--data-dir",
+        clustered.to_str().unwrap(),
+    ]);
+    assert!(!imported.status.success());
+    let message = String::from_utf8_lossy(&imported.stderr);
+    assert!(message.contains("follows the cluster stream"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -38,8 +38,8 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::codec::{self, ENTRY_BYTES, ReportSlot};
 use super::writer::{Touches, what_it_touches};
 use super::{
-    CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, StoreError, StoreOptions,
-    column_family, family_options, last_sequence, open_db, snapshot, stored_event,
+    CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, STREAM_KEY, StoreError,
+    StoreOptions, column_family, family_options, last_sequence, open_db, snapshot, stored_event,
 };
 use crate::card::{CitizenNumber, FieldError, Rule};
 use crate::event::ValidEvent;
@@ -165,6 +165,17 @@ impl BulkLoad {
         now: OffsetDateTime,
     ) -> Result<Self, StoreError> {
         let (db, _) = open_db(data_dir, tuning)?;
+        // A cluster node's events come from its stream, with the stream's sequences.
+        if let Some(stream) = db.get(STREAM_KEY)? {
+            return Err(StoreError::data_dir(
+                data_dir,
+                format!(
+                    "it follows the cluster stream {:?}: send the events to a cluster node with \
+                     `idguard submit` instead",
+                    String::from_utf8_lossy(&stream)
+                ),
+            ));
+        }
         let work = work_dir.to_owned();
         if work.exists() {
             std::fs::remove_dir_all(&work)
