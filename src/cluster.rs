@@ -175,12 +175,11 @@ impl Cluster {
         let store = Arc::clone(&self.store);
         Ok(PendingApply::new(async move {
             let stored = stored.await.map_err(unavailable)?;
-            let outcome = outcomes.wait(stored.sequence).await?;
             if stored.duplicate {
                 // JetStream kept the first message with this report_id, not this one.
-                as_duplicate(&store, &event, outcome).await
+                as_duplicate(&store, &outcomes, &event, stored.sequence).await
             } else {
-                outcome
+                outcomes.wait(stored.sequence).await?
             }
         }))
     }
@@ -206,25 +205,28 @@ fn unavailable(error: impl std::fmt::Display) -> ApplyError {
 }
 
 /// What publishing `event` amounted to when the stream already held a message with its
-/// `report_id`, whose outcome was `first`: a duplicate if it was the same event, else a conflict.
+/// `report_id`, at `first`: a duplicate if the registry holds the same event, a conflict if it
+/// holds another, else the first message's refusal. The first message may predate this process,
+/// so the registry decides rather than the outcomes remembered here.
 async fn as_duplicate(
     store: &Arc<Store>,
+    outcomes: &Outcomes,
     event: &ValidEvent,
-    first: Result<Applied, ApplyError>,
+    first: u64,
 ) -> Result<Applied, ApplyError> {
-    let first = first?;
-    let sequence = first.sequence;
-    let stored = store.read(move |store| store.events(&[sequence])).await?;
-    if stored.first().and_then(|change| change.event.as_ref()) == Some(&event.canonical) {
-        Ok(Applied {
-            sequence,
+    outcomes.reached(first).await?;
+    let report_id = event.event.report_id.as_str().to_owned();
+    let recorded = store.read(move |store| store.change_of(&report_id)).await?;
+    match recorded {
+        Some(change) if change.event.as_ref() == Some(&event.canonical) => Ok(Applied {
+            sequence: change.sequence,
             duplicate: true,
-        })
-    } else {
-        Err(ApplyError::Conflict {
+        }),
+        Some(change) => Err(ApplyError::Conflict {
             report_id: event.event.report_id.as_str().to_owned(),
-            sequence,
-        })
+            sequence: change.sequence,
+        }),
+        None => outcomes.wait(first).await?,
     }
 }
 
@@ -254,20 +256,26 @@ impl Outcomes {
         self.recorded.send_replace(sequence);
     }
 
-    /// The outcome of stream message `sequence`, once this node has applied it.
-    async fn wait(&self, sequence: u64) -> Result<Result<Applied, ApplyError>, ApplyError> {
+    /// Resolves once this node has applied stream message `sequence`.
+    async fn reached(&self, sequence: u64) -> Result<(), ApplyError> {
         let mut recorded = self.recorded.subscribe();
         let reached = tokio::time::timeout(
             APPLY_WAIT,
             recorded.wait_for(|&recorded| recorded >= sequence),
         )
         .await;
-        if !matches!(reached, Ok(Ok(_))) {
-            return Err(ApplyError::Unavailable(format!(
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ApplyError::Unavailable(format!(
                 "the cluster stream stored the event at sequence {sequence}, but this node did \
                  not apply it within {APPLY_WAIT:?}; retrying is safe"
-            )));
+            ))),
         }
+    }
+
+    /// The outcome of stream message `sequence`, once this node has applied it.
+    async fn wait(&self, sequence: u64) -> Result<Result<Applied, ApplyError>, ApplyError> {
+        self.reached(sequence).await?;
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         recent.get(&sequence).cloned().ok_or_else(|| {
             ApplyError::Unavailable(format!(

@@ -249,27 +249,42 @@ async fn losing_one_nats_server_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_during_a_write_burst_catches_up_exactly() {
+    const EVENTS: usize = 6000;
     let mut cluster = Cluster::start(&[]);
-    let events: Vec<pb::RegistryEvent> = (1..=1500).map(|k| loss("K-", k)).collect();
+    let events: Vec<pb::RegistryEvent> = (1..=EVENTS as u64).map(|k| loss("K-", k)).collect();
     let mut registry = cluster.nodes[0].registry().await;
     // Wait for the stream to exist before the burst: the first event retries until it does.
     cluster.nodes[0].apply(events[0].clone()).await.unwrap();
+    let (midway, kill_now) = tokio::sync::oneshot::channel();
     let burst = tokio::spawn(async move {
-        let acks = registry
+        let mut acks = registry
             .submit(tokio_stream::iter(events))
             .await
             .unwrap()
             .into_inner();
-        acks.map(|ack| ack.unwrap()).collect::<Vec<_>>().await
+        let mut received = Vec::new();
+        let mut midway = Some(midway);
+        while let Some(ack) = acks.next().await {
+            received.push(ack.unwrap());
+            if received.len() == 1000 {
+                let _ = midway.take().map(|midway| midway.send(()));
+            }
+        }
+        received
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill_now.await.unwrap();
     cluster.nodes[2].kill_and_restart();
     let acks = burst.await.unwrap();
-    assert_eq!(acks.len(), 1500);
+    assert_eq!(acks.len(), EVENTS);
     assert!(acks.iter().all(|ack| ack.error.is_none()), "{acks:?}");
     let last = acks.iter().map(|ack| ack.sequence).max().unwrap();
     let log = cluster.identical_logs_through(last).await;
-    assert_eq!(log.len(), 1500);
+    assert_eq!(log.len(), EVENTS);
+    // A retry sent to the restarted node within JetStream's window is told the original
+    // sequence, though that message was applied before the node's restart.
+    let retry = cluster.nodes[2].apply(loss("K-", 700)).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.sequence, acks[699].sequence);
 }
 
 #[tokio::test(flavor = "multi_thread")]

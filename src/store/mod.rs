@@ -535,6 +535,14 @@ impl Store {
 
     /// The `authority` of the accepted event with this `report_id`, if there is one. Blocking.
     pub fn authority_of(&self, report_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .change_of(report_id)?
+            .and_then(|change| change.event)
+            .map(|event| event.authority))
+    }
+
+    /// The accepted event with this `report_id`, as recorded, if there is one. Blocking.
+    pub fn change_of(&self, report_id: &str) -> Result<Option<pb::RegistryChange>, StoreError> {
         let Some(slot) = self
             .shared
             .db
@@ -543,11 +551,7 @@ impl Store {
             return Ok(None);
         };
         let slot = codec::ReportSlot::decode(&slot)?;
-        Ok(self
-            .shared
-            .event(slot.sequence)?
-            .event
-            .map(|event| event.authority))
+        Ok(Some(self.shared.event(slot.sequence)?))
     }
 
     /// The recorded events with these sequences, in order. Blocking.

@@ -39,10 +39,13 @@ impl Drop for Exporter {
     }
 }
 
+/// The tracing layer that turns spans into OpenTelemetry spans.
+pub type SpanLayer<S> = OpenTelemetryLayer<S, SdkTracer>;
+
 /// The tracing layer that turns spans into OpenTelemetry spans, and the exporter behind it; `None`
 /// when no endpoint is configured. Must be called inside the Tokio runtime: the exporter's gRPC
 /// channel runs its connection there, so the SDK's batch thread only hands it requests.
-pub fn layer<S>() -> Result<Option<(OpenTelemetryLayer<S, SdkTracer>, Exporter)>, ExporterBuildError>
+pub fn layer<S>() -> Result<Option<(SpanLayer<S>, Exporter)>, ExporterBuildError>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
