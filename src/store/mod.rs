@@ -28,9 +28,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
-
 use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::card::{CitizenNumber, FieldError};
 use crate::event::ValidEvent;

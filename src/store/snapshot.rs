@@ -25,15 +25,13 @@ const HEADER_BYTES: usize = 8 + 8 * 5;
 /// Stored numbers looked up in a loaded index before it is trusted.
 const SAMPLE: usize = 4096;
 
-/// A fingerprint of the event log at `sequence`: the hash of the event stored there.
+/// A fingerprint of the event log at `sequence`: the hash of the last event stored at or before
+/// it (a cluster node's log may have a hole at `sequence` itself); 0 for none.
 fn anchor(db: &DB, sequence: u64) -> Result<u64, String> {
-    if sequence == 0 {
-        return Ok(0);
-    }
-    db.get_pinned_cf(column_family(db, CF_EVENTS), codec::sequence_key(sequence))
-        .map_err(|error| error.to_string())?
-        .map(|bytes| xxh3_64(&bytes))
-        .ok_or_else(|| format!("the event log has no sequence {sequence}"))
+    let mut log = db.raw_iterator_cf(column_family(db, CF_EVENTS));
+    log.seek_for_prev(codec::sequence_key(sequence));
+    log.status().map_err(|error| error.to_string())?;
+    Ok(log.value().map_or(0, xxh3_64))
 }
 
 /// Saves `index`, which reflects the log up to `sequence`, atomically (temp file, sync, rename).

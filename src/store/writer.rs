@@ -498,6 +498,8 @@ mod tests {
 
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.sequence(), 3, "the position outlives the last event");
+        // The index saved at the clean stop is used, though the log has a hole at its sequence.
+        assert_eq!(store.index_origin(), &crate::store::IndexOrigin::Loaded);
         assert_eq!(store.stream(), Some("REGISTRY"));
         assert!(store.bind_stream("OTHER").is_err());
         assert_eq!(store.changes(1, 3, 10).unwrap().len(), 1);
