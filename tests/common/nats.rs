@@ -25,6 +25,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The `nats-server` binary: on the PATH, or where Debian's package puts it (`/usr/sbin`, which a
+/// non-root PATH may lack).
+fn nats_server_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("nats-server"))
+            .find(|binary| binary.is_file())
+    });
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
 /// One `nats-server` of the cluster.
 pub struct NatsServer {
     pub port: u16,
@@ -44,7 +55,7 @@ impl NatsServer {
             .append(true)
             .open(&self.log)
             .expect("nats log");
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server_binary())
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
