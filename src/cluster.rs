@@ -127,10 +127,16 @@ impl Cluster {
             .retry_on_initial_connect()
             .connect(config.servers.as_slice())
             .await?;
+        // The follower's requests (stream and consumer info, creating the consumer) give up
+        // sooner than a publish's ack: after a NATS server is lost it retries until the new
+        // leaders answer, and each try should not outlast their election by long.
+        let following = jetstream::ContextBuilder::new()
+            .timeout(STALL_CHECK)
+            .build(client.clone());
         let jetstream = jetstream::new(client);
         let outcomes = Arc::new(Outcomes::new(store.sequence()));
         let follower = tokio::spawn(follow(
-            jetstream.clone(),
+            following,
             config.clone(),
             Arc::clone(&store),
             Arc::clone(&outcomes),

@@ -35,6 +35,16 @@ impl Cluster {
         }
     }
 
+    /// Applies the losses `N-k` for `ks`, each on node k mod 3; the last one's sequence.
+    async fn spread_losses(&self, ks: std::ops::RangeInclusive<u64>) -> u64 {
+        let mut last = 0;
+        for k in ks {
+            let node = &self.nodes[(k % 3) as usize];
+            last = node.apply(loss("N-", k)).await.unwrap().sequence;
+        }
+        last
+    }
+
     /// Every node's whole log once it has reached `sequence`; asserts they are identical.
     async fn identical_logs_through(&self, sequence: u64) -> Vec<pb::RegistryChange> {
         let first = self.nodes[0].log_through(sequence).await;
@@ -204,22 +214,16 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_one_nats_server_loses_nothing() {
     let mut cluster = Cluster::start(&[]);
-    for k in 1..=10 {
-        cluster.nodes[(k % 3) as usize]
-            .apply(loss("N-", k))
-            .await
-            .unwrap();
-    }
+    cluster.spread_losses(1..=10).await;
     cluster.nats.servers[0].kill();
-    // Writes on every node go on (each fails over to a live server), and so do checks.
-    let mut last = 0;
-    for k in 11..=40 {
-        last = cluster.nodes[(k % 3) as usize]
-            .apply(loss("N-", k))
-            .await
-            .unwrap()
-            .sequence;
-    }
+    // Writes on every node go on (each fails over to a live server, once JetStream has elected
+    // new leaders), and so do checks.
+    let killed = Instant::now();
+    let last = cluster.spread_losses(11..=40).await;
+    eprintln!(
+        "30 writes after losing a NATS server: {:?}",
+        killed.elapsed()
+    );
     let verdict = cluster.nodes[2]
         .verification()
         .await
@@ -232,13 +236,9 @@ async fn losing_one_nats_server_loses_nothing() {
     // The restarted server must now hold the stream: with another one gone, it makes the quorum.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nats.servers[1].kill();
-    for k in 41..=50 {
-        last = cluster.nodes[(k % 3) as usize]
-            .apply(loss("N-", k))
-            .await
-            .unwrap()
-            .sequence;
-    }
+    let killed = Instant::now();
+    let last = cluster.spread_losses(41..=50).await;
+    eprintln!("10 writes after losing another: {:?}", killed.elapsed());
     let log = cluster.identical_logs_through(last).await;
     let mut ids = report_ids(&log);
     ids.sort();
