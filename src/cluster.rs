@@ -367,7 +367,9 @@ async fn follow_once(
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = watchdog.tick() => {
-                    if !std::mem::take(&mut progressed) && stalled(&stream, last_read).await {
+                    let stored = stream_last_sequence(&stream).await;
+                    let behind = stored.is_some_and(|stored| stored > last_read);
+                    if !std::mem::take(&mut progressed) && behind {
                         return Err(failed(format!(
                             "no message for {STALL_CHECK:?} after sequence {last_read} while the \
                              stream holds later ones"
@@ -414,14 +416,15 @@ async fn follow_once(
     }
 }
 
-/// Whether the stream holds messages after `last_read`: then a consumer that delivered nothing
-/// for a while is stuck (its server died, say, and the client keeps asking that server) and is
-/// replaced. Not knowing (NATS unreachable) is not a reason to replace it.
-async fn stalled(stream: &stream::Stream, last_read: u64) -> bool {
-    match tokio::time::timeout(STALL_CHECK, stream.get_info()).await {
-        Ok(Ok(info)) => info.state.last_sequence > last_read,
-        _ => false,
-    }
+/// The stream's last sequence, also exported as `idguard_cluster_stream_sequence` so that a
+/// node's lag (it minus `idguard_registry_sequence`) can be alerted on; `None` when NATS does not
+/// answer. A consumer that delivered nothing for a while although the stream has moved on is
+/// stuck (its server died, say, and the client keeps asking that server) and is replaced.
+async fn stream_last_sequence(stream: &stream::Stream) -> Option<u64> {
+    let info = tokio::time::timeout(STALL_CHECK, stream.get_info()).await;
+    let last = info.ok()?.ok()?.state.last_sequence;
+    metrics::gauge!("idguard_cluster_stream_sequence").set(last as f64);
+    Some(last)
 }
 
 /// Waits for each queued message's outcome in order and records it for its publisher. Stops at a

@@ -293,7 +293,8 @@ async fn a_node_cut_off_from_nats_answers_from_its_copy_and_catches_up() {
     let dirs = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(nats.servers[2].port).await;
     let a = Node::start(&dirs.path().join("a"), &nats.urls(), "REGISTRY", &[]);
-    let c = Node::start(&dirs.path().join("c"), &proxy.url(), "REGISTRY", &[]);
+    let metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let c = Node::start(&dirs.path().join("c"), &proxy.url(), "REGISTRY", &metrics);
     let first = a.apply(loss("C-", 1)).await.unwrap().sequence;
     c.log_through(first).await;
 
@@ -323,6 +324,25 @@ async fn a_node_cut_off_from_nats_answers_from_its_copy_and_catches_up() {
     let verdict = checks.check(caught_up).await.unwrap().into_inner();
     assert_eq!(verdict.status(), pb::CardStatus::Invalid);
     assert_eq!(c.log_through(second).await, a.log_through(second).await);
+    // Its lag is visible to Prometheus: the stream's sequence against its own, both sampled
+    // every 2 s, meet once it has caught up.
+    let url = c.metrics.as_deref().expect("metrics URL");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let exposition = common::scrape(url);
+        let stream = common::sample(&exposition, "idguard_cluster_stream_sequence");
+        let registry = common::sample(&exposition, "idguard_registry_sequence");
+        if stream == second as f64 && registry == stream {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {stream}, registry {registry}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exposition = common::scrape(url);
+    assert!(common::sample(&exposition, "idguard_cluster_follow_restarts_total") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::ChildServer;
+use common::{ChildServer, sample, scrape};
 use idguard::proto::v1 as pb;
 use pb::registry_client::RegistryClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -447,30 +447,6 @@ async fn json_logs_carry_each_call_with_its_principal_and_never_a_whole_number()
         format!("{}********{}", &stolen[..6], &stolen[14..])
     );
     assert!(!text.contains(&stolen), "a whole citizen number was logged");
-}
-
-/// The value of the sample `name{labels}` in a Prometheus exposition (0 when absent).
-fn sample(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn scrape(url: &str) -> String {
-    let address = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let mut connection = std::net::TcpStream::connect(address).unwrap();
-    std::io::Write::write_all(
-        &mut connection,
-        b"GET /metrics HTTP/1.1\r\nhost: idguard\r\n\r\n",
-    )
-    .unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut connection, &mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -293,3 +293,28 @@ pub async fn assert_gap_free(tasks: Vec<JoinHandle<Vec<u64>>>, last: u64) {
     all.sort_unstable();
     assert_eq!(all, (1..=last).collect::<Vec<u64>>());
 }
+
+/// The value of the sample `name{labels}` in a Prometheus exposition (0 when absent).
+pub fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The exposition served at `url`.
+pub fn scrape(url: &str) -> String {
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(
+        &mut connection,
+        b"GET /metrics HTTP/1.1\r\nhost: idguard\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut connection, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}

@@ -167,6 +167,8 @@ impl NatsCluster {
 /// An idguard node of the cluster: `idguard serve --cluster URLS` on its own data dir.
 pub struct Node {
     pub server: ChildServer,
+    /// Its metrics URL, when `extra` asked for metrics (`--metrics-listen`).
+    pub metrics: Option<String>,
     pub data_dir: PathBuf,
     urls: String,
     stream: String,
@@ -177,9 +179,10 @@ impl Node {
     /// Starts a node on `data_dir` (logging to `data_dir.log`) following `stream` on `urls`.
     pub fn start(data_dir: &Path, urls: &str, stream: &str, extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|flag| flag.to_string()).collect();
-        let server = Self::spawn(data_dir, urls, stream, &extra);
+        let (server, metrics) = Self::spawn(data_dir, urls, stream, &extra);
         Self {
             server,
+            metrics,
             data_dir: data_dir.to_owned(),
             urls: urls.to_owned(),
             stream: stream.to_owned(),
@@ -187,7 +190,12 @@ impl Node {
         }
     }
 
-    fn spawn(data_dir: &Path, urls: &str, stream: &str, extra: &[String]) -> ChildServer {
+    fn spawn(
+        data_dir: &Path,
+        urls: &str,
+        stream: &str,
+        extra: &[String],
+    ) -> (ChildServer, Option<String>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -195,21 +203,31 @@ impl Node {
             .expect("node log");
         let mut command = Command::new(super::BIN);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-metrics"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--cluster", urls, "--cluster-stream", stream])
             .args(extra)
             .env("RUST_LOG", "info")
             .stderr(log);
-        ChildServer::spawn(command, 1).0
+        let with_metrics = extra.iter().any(|flag| flag == "--metrics-listen");
+        if !with_metrics {
+            command.arg("--no-metrics");
+        }
+        let (server, lines) = ChildServer::spawn(command, if with_metrics { 2 } else { 1 });
+        let metrics = lines
+            .get(1)
+            .and_then(|line| line.strip_prefix("idguard metrics on "))
+            .map(str::to_owned);
+        (server, metrics)
     }
 
     /// SIGKILLs it and starts it again on the same data dir.
     pub fn kill_and_restart(&mut self) {
         let _ = self.server.child.kill();
         let _ = self.server.child.wait();
-        self.server = Self::spawn(&self.data_dir, &self.urls, &self.stream, &self.extra);
+        (self.server, self.metrics) =
+            Self::spawn(&self.data_dir, &self.urls, &self.stream, &self.extra);
     }
 
     pub async fn registry(&self) -> RegistryClient<Channel> {
