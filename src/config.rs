@@ -160,7 +160,7 @@ pub fn with_file_defaults(
 
 /// The effective configuration as TOML, each value with where it came from: what
 /// `idguard config check` prints. Settings are paths and numbers; secrets (keys, tokens) live in
-/// the files they name and are never printed.
+/// the files they name and are never printed, and a password in a URL (`--cluster`) is masked.
 pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[String]) -> String {
     let mut out = String::new();
     for arg in serve.get_arguments() {
@@ -178,7 +178,7 @@ pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[
         let value = matches
             .get_raw(id)
             .and_then(|mut values| values.next())
-            .map(|value| value.to_string_lossy().into_owned());
+            .map(|value| without_passwords(&value.to_string_lossy()));
         match value {
             Some(value) => {
                 let quoted = toml::Value::String(value.clone()).to_string();
@@ -193,4 +193,42 @@ pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[
         }
     }
     out
+}
+
+/// `text` with the secret of every URL in it masked: the password of `scheme://user:password@host`,
+/// the token of `scheme://token@host`.
+fn without_passwords(text: &str) -> String {
+    text.split(',')
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            match rest.split_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                    None => format!("{scheme}://***@{host}"),
+                },
+                None => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_passwords;
+
+    #[test]
+    fn secrets_in_urls_are_masked_and_nothing_else_changes() {
+        assert_eq!(
+            without_passwords("tls://idguard:s3cret@nats-1:4222,nats://nats-2:4222"),
+            "tls://idguard:***@nats-1:4222,nats://nats-2:4222"
+        );
+        assert_eq!(without_passwords("/var/lib/idguard"), "/var/lib/idguard");
+        assert_eq!(
+            without_passwords("nats://s3cret-token@nats-1:4222"),
+            "nats://***@nats-1:4222"
+        );
+    }
 }
