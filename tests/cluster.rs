@@ -141,27 +141,9 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
     let mut registry = pb::registry_client::RegistryClient::new(server.channel().await);
     registry.apply(loss("S-", 1)).await.unwrap();
     drop(server);
-    // What `serve` says as it refuses the data dir.
-    let refusal = |dir: &std::path::Path, cluster: bool| {
-        let mut command = std::process::Command::new(common::BIN);
-        command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-metrics",
-                "--data-dir",
-            ])
-            .arg(dir);
-        if cluster {
-            // Refused before NATS is needed: nothing listens here.
-            command.args(["--cluster", "nats://127.0.0.1:9"]);
-        }
-        let output = command.output().unwrap();
-        assert!(!output.status.success());
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
-    let message = refusal(&single, true);
+    // Refused before NATS is needed: nothing listens there.
+    let with_cluster = ["--cluster", "nats://127.0.0.1:9"];
+    let message = common::serve_refusal(&single, &with_cluster);
     assert!(
         message.contains("holds 1 events recorded by a single node"),
         "{message}"
@@ -177,7 +159,7 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
     );
     node.apply(loss("S-", 2)).await.unwrap();
     drop(node);
-    let message = refusal(&clustered, false);
+    let message = common::serve_refusal(&clustered, &[]);
     assert!(
         message.contains("follows the cluster stream \"REGISTRY\""),
         "{message}"

@@ -303,19 +303,7 @@ fn another_schema_version_is_refused() {
     let message = open_error(dir.path());
     assert!(message.contains("schema version \"99\""), "{message}");
 
-    let output = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_ne!(output.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refusal(dir.path(), &[]);
     assert!(stderr.contains("schema version \"99\""), "{stderr}");
 }
 

@@ -411,15 +411,7 @@ async fn json_logs_carry_each_call_with_its_principal_and_never_a_whole_number()
         .unwrap()
         .into_inner();
     assert_eq!(hit.reason(), pb::Reason::Stolen);
-    let refused = checks
-        .check(pb::CheckRequest {
-            card: None,
-            min_sequence: 0,
-            nonce: Vec::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    common::check_without_card_is_refused(&mut checks).await;
     Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -484,15 +476,7 @@ async fn prometheus_metrics_move_with_calls_checks_and_events() {
         .unwrap()
         .into_inner();
     assert_eq!(batch.results.len(), 3);
-    let refused = checks
-        .check(pb::CheckRequest {
-            card: None,
-            min_sequence: 0,
-            nonce: Vec::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    common::check_without_card_is_refused(&mut checks).await;
     // The gauges are sampled every 2 s.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let after = scrape(&metrics);

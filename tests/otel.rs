@@ -94,15 +94,7 @@ async fn rpc_spans_reach_the_collector_in_the_callers_trace_and_the_last_ones_at
         format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
     );
     checks.check(traced).await.unwrap();
-    let refused = checks
-        .check(pb::CheckRequest {
-            card: None,
-            min_sequence: 0,
-            nonce: Vec::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    common::check_without_card_is_refused(&mut checks).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         received.try_recv().is_err(),

@@ -318,3 +318,36 @@ pub fn scrape(url: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
+
+/// Sends a check without a card and asserts it is refused with INVALID_ARGUMENT: a malformed
+/// call, for tests that need one logged, counted or traced.
+pub async fn check_without_card_is_refused(client: &mut VerificationClient<Channel>) {
+    let refused = client
+        .check(pb::CheckRequest {
+            card: None,
+            min_sequence: 0,
+            nonce: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}
+
+/// Runs `idguard serve` on `data_dir` with `flags`, expecting it to refuse to start; returns what
+/// it said on stderr.
+pub fn serve_refusal(data_dir: &Path, flags: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(flags)
+        .output()
+        .expect("idguard runs");
+    assert_ne!(output.status.code(), Some(0), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
