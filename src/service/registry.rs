@@ -33,7 +33,6 @@ const WATCH_BUFFER: usize = 256;
 /// The `Registry` service over a node's ledger.
 pub struct RegistryService {
     ledger: Ledger,
-    store: Arc<Store>,
     access: Arc<Access>,
     draining: Draining,
 }
@@ -41,7 +40,6 @@ pub struct RegistryService {
 impl RegistryService {
     pub fn new(ledger: Ledger, access: Arc<Access>, draining: Draining) -> Self {
         Self {
-            store: Arc::clone(ledger.store()),
             ledger,
             access,
             draining,
@@ -172,7 +170,7 @@ impl Registry for RegistryService {
             .access
             .authorize(&request, Needs::Role(Role::Reporter))?;
         let _permit = self.access.admit(&caller, 1)?;
-        let valid = admissible(&self.store, &caller, request.into_inner()).await?;
+        let valid = admissible(self.ledger.store(), &caller, request.into_inner()).await?;
         let report_id = valid.event.report_id.as_str().to_owned();
         let applied = self.ledger.apply(valid, &caller.principal.name).await?;
         tracing::info!(
@@ -218,7 +216,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.follow(
             &request,
-            EventLog(Arc::clone(&self.store)),
+            EventLog(Arc::clone(self.ledger.store())),
             request.get_ref().from_sequence,
         )
     }
@@ -231,7 +229,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::WatchHitsStream>, Status> {
         self.follow(
             &request,
-            HitLog(Arc::clone(&self.store)),
+            HitLog(Arc::clone(self.ledger.store())),
             request.get_ref().from_sequence,
         )
     }
@@ -248,12 +246,12 @@ impl Registry for RegistryService {
         let number = parse_registrable_number(&request.get_ref().id_number, today)
             .map_err(|rule| invalid_argument(FieldError::new("id_number", rule)))?;
         let not_found = || Status::not_found(format!("no record for id_number {number}"));
-        if !self.store.may_have_record(number) {
+        let store = self.ledger.store();
+        if !store.may_have_record(number) {
             return Err(not_found());
         }
-        let sequence = self.store.sequence();
-        let found = self
-            .store
+        let sequence = store.sequence();
+        let found = store
             .read(move |store| {
                 let Some(state) = store.citizens(&[number])?.pop().flatten() else {
                     return Ok(None);
