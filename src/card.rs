@@ -15,7 +15,7 @@ pub const CHINA_STANDARD_TIME: UtcOffset = offset!(+8);
 pub const FIRST_GENERATION_END: Date = date!(2013 - 01 - 01);
 
 /// The earliest date of birth a number may carry (`DOMAIN.md` §1).
-const EARLIEST_BIRTH: Date = date!(1900 - 01 - 01);
+const EARLIEST_BIRTH: Date = date!(1800 - 01 - 01);
 
 /// ISO 7064 MOD 11-2 weights for positions 1..17 (`DOMAIN.md` §1).
 const CHECK_WEIGHTS: [u64; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
@@ -68,8 +68,8 @@ pub enum Rule {
     BirthNotADate(String),
     #[error("date of birth {0} is after today ({1}, UTC+8)")]
     BirthInFuture(Date, Date),
-    #[error("date of birth {0} is before 1900-01-01")]
-    BirthBefore1900(Date),
+    #[error("date of birth {0} is before 1800-01-01 (GB 11643-1999)")]
+    BirthBefore1800(Date),
     #[error(
         "a first-generation (15-digit) number cannot be registered: such cards are invalid since 2013-01-01"
     )]
@@ -225,7 +225,7 @@ pub enum IdNumber {
 }
 
 /// Parses and validates a citizen number: format, province code, date of birth (a real date, not
-/// after `today`, not before 1900) and, for 18 characters, the check character (`DOMAIN.md` §1).
+/// after `today`, not before 1800) and, for 18 characters, the check character (`DOMAIN.md` §1).
 pub fn parse_id_number(text: &str, today: Date) -> Result<IdNumber, Rule> {
     parse_number_and_birth(text, today).map(|parsed| match parsed {
         Some((number, _)) => IdNumber::Current(number),
@@ -311,7 +311,7 @@ fn parse_current(text: &str, today: Date) -> Result<(CitizenNumber, Date), Rule>
         return Err(Rule::BirthInFuture(born, today));
     }
     if born < EARLIEST_BIRTH {
-        return Err(Rule::BirthBefore1900(born));
+        return Err(Rule::BirthBefore1800(born));
     }
     let expected = check_character(&digits);
     if found != expected {
@@ -576,8 +576,8 @@ mod tests {
             Rule::BirthInFuture(..)
         ));
         assert!(matches!(
-            rule("110105189912310023"),
-            Rule::BirthBefore1900(..)
+            rule("110105179912310024"),
+            Rule::BirthBefore1800(..)
         ));
         assert_eq!(
             rule("11010519491231002Ｘ"),
