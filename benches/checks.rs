@@ -12,7 +12,7 @@ use idguard::event::validate_event;
 use idguard::index::RecordIndex;
 use idguard::proto::timestamp;
 use idguard::proto::v1::{self as pb, registry_event::Kind};
-use idguard::registry::verdict;
+use idguard::registry::{Recorder, verdict};
 use idguard::store::Store;
 use idguard::synthetic::nth_number;
 use time::macros::{date, datetime};
@@ -104,7 +104,12 @@ fn store_hit(c: &mut Criterion) {
                 })),
             };
             let valid = validate_event(wire, now).expect("valid event");
-            pending.push(store.enqueue(valid, "bench").await.expect("queued"));
+            pending.push(
+                store
+                    .enqueue(valid, &Recorder::trusted("bench"))
+                    .await
+                    .expect("queued"),
+            );
         }
         for applied in pending {
             applied.outcome().await.expect("applied");

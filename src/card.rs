@@ -74,10 +74,10 @@ pub enum Rule {
         "a first-generation (15-digit) number cannot be registered: such cards are invalid since 2013-01-01"
     )]
     FirstGenerationNotRegistrable,
-    #[error("must be YYYYMMDD, got {0:?}")]
-    DateFormat(String),
-    #[error("must be YYYYMMDD, LONG or empty, got {0:?}")]
-    ExpiryFormat(String),
+    #[error("must be YYYYMMDD, got {0}")]
+    DateFormat(Echo),
+    #[error("must be YYYYMMDD, LONG or empty, got {0}")]
+    ExpiryFormat(Echo),
     #[error("{0} is not a calendar date")]
     NotADate(String),
     #[error("issue date {0} is after today ({1}, UTC+8)")]
@@ -98,14 +98,53 @@ pub enum Rule {
     UnknownEnum(i32),
     #[error("is after the server's clock by more than 5 minutes")]
     InFuture,
+    #[error("is before 1984-01-01, when resident identity cards were first issued")]
+    BeforeFirstCards,
     #[error("is not a valid timestamp")]
     BadTimestamp,
-    #[error("is {0:?}; expected lost, stolen, issued, revoked, cancelled or withdrawn")]
-    UnknownKind(String),
+    #[error("is {0}; expected lost, stolen, issued, revoked, cancelled or withdrawn")]
+    UnknownKind(Echo),
     #[error("must name another event than this one")]
     WithdrawsItself,
     #[error("names a withdrawal; a withdrawal cannot be withdrawn (report the card again instead)")]
     WithdrawsWithdrawal,
+}
+
+/// A rejected value as an error message quotes it: whole when short, else a short prefix and
+/// its length, so that an error never carries (nor amplifies into a huge `grpc-message`) what a
+/// caller sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Echo {
+    prefix: String,
+    bytes: usize,
+}
+
+impl Echo {
+    /// The most characters of a value quoted.
+    const MAX_CHARS: usize = 24;
+
+    pub fn of(text: &str) -> Self {
+        Self {
+            prefix: text.chars().take(Self::MAX_CHARS).collect(),
+            bytes: text.len(),
+        }
+    }
+}
+
+impl From<&str> for Echo {
+    fn from(text: &str) -> Self {
+        Self::of(text)
+    }
+}
+
+impl fmt::Display for Echo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.len() == self.bytes {
+            write!(f, "{:?}", self.prefix)
+        } else {
+            write!(f, "{:?}... ({} bytes)", self.prefix, self.bytes)
+        }
+    }
 }
 
 /// A field that broke a rule, named by its path in the request (`card.id_number`).
@@ -339,7 +378,7 @@ pub fn parse_date(text: &str) -> Result<Date, Rule> {
     }
     let bytes = text.as_bytes();
     if bytes.len() != 8 || !bytes.iter().all(u8::is_ascii_digit) {
-        return Err(Rule::DateFormat(text.to_owned()));
+        return Err(Rule::DateFormat(Echo::of(text)));
     }
     let field = |range: std::ops::Range<usize>| {
         bytes[range]
@@ -382,7 +421,7 @@ impl Expiry {
         } else {
             match parse_date(text) {
                 Ok(day) => Ok(Self::On(day)),
-                Err(Rule::DateFormat(_)) => Err(Rule::ExpiryFormat(text.to_owned())),
+                Err(Rule::DateFormat(_)) => Err(Rule::ExpiryFormat(Echo::of(text))),
                 Err(rule) => Err(rule),
             }
         }
@@ -506,6 +545,29 @@ mod tests {
     }
 
     /// `DOMAIN.md` §1: the standard's worked example.
+    #[test]
+    fn a_rejected_value_is_quoted_short_whatever_its_length() {
+        let huge = "2".repeat(700 * 1024);
+        let message = parse_date(&huge).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "must be YYYYMMDD, got \"{}\"... (716800 bytes)",
+                "2".repeat(24)
+            )
+        );
+        assert_eq!(
+            parse_date("2020-1-1").unwrap_err().to_string(),
+            "must be YYYYMMDD, got \"2020-1-1\""
+        );
+        // Characters, not bytes, are cut: a prefix never splits one.
+        let wide = Echo::of(&"长".repeat(30)).to_string();
+        assert!(
+            wide.starts_with(&format!("\"{}\"...", "长".repeat(24))),
+            "{wide}"
+        );
+    }
+
     #[test]
     fn standard_worked_example_is_valid_and_round_trips() {
         let IdNumber::Current(number) = parse_id_number("11010519491231002X", TODAY).unwrap()

@@ -25,6 +25,7 @@ use tokio_stream::StreamExt;
 
 use crate::event::{ValidEvent, validate_event};
 use crate::proto::{self, v1 as pb};
+use crate::registry::{Grant, Recorder};
 use crate::store::{Applied, ApplyError, PendingApply, Store, StoreError};
 
 /// Outcomes of recent stream messages kept for the publishers waiting on them.
@@ -161,16 +162,20 @@ impl Cluster {
     pub async fn enqueue(
         &self,
         event: ValidEvent,
-        recorded_by: &str,
+        recorder: &Recorder,
     ) -> Result<PendingApply, ApplyError> {
         let message = pb::RegistryChange {
             sequence: 0,
             event: Some(event.canonical.clone()),
             recorded_at: Some(proto::timestamp(OffsetDateTime::now_utc())),
-            recorded_by: recorded_by.to_owned(),
+            recorded_by: recorder.principal.clone(),
+            grant: Some(recorder.grant.to_wire()),
         };
+        let key = event.report_key();
+        // JetStream deduplicates by message id: the id in its province, as the registry keys it,
+        // so that one province's ids never drop another's messages.
         let publish = jetstream::message::PublishMessage::build()
-            .message_id(event.event.report_id.as_str())
+            .message_id(String::from_utf8_lossy(key.as_bytes()).as_ref())
             .payload(message.encode_to_vec().into());
         let stored = self
             .jetstream
@@ -179,11 +184,12 @@ impl Cluster {
             .map_err(unavailable)?;
         let outcomes = Arc::clone(&self.outcomes);
         let store = Arc::clone(&self.store);
+        let recorder = recorder.clone();
         Ok(PendingApply::new(async move {
             let stored = stored.await.map_err(unavailable)?;
             if stored.duplicate {
                 // JetStream kept the first message with this report_id, not this one.
-                as_duplicate(&store, &outcomes, &event, stored.sequence).await
+                as_duplicate(&store, &outcomes, &event, &recorder, stored.sequence).await
             } else {
                 outcomes.wait(stored.sequence).await?
             }
@@ -218,11 +224,12 @@ async fn as_duplicate(
     store: &Arc<Store>,
     outcomes: &Outcomes,
     event: &ValidEvent,
+    recorder: &Recorder,
     first: u64,
 ) -> Result<Applied, ApplyError> {
     outcomes.reached(first).await?;
-    let report_id = event.event.report_id.as_str().to_owned();
-    let recorded = store.read(move |store| store.change_of(&report_id)).await?;
+    let key = event.report_key();
+    let recorded = store.read(move |store| store.change_of(&key)).await?;
     match recorded {
         Some(change) if change.event.as_ref() == Some(&event.canonical) => Ok(Applied {
             sequence: change.sequence,
@@ -230,7 +237,10 @@ async fn as_duplicate(
         }),
         Some(change) => Err(ApplyError::Conflict {
             report_id: event.event.report_id.as_str().to_owned(),
-            sequence: change.sequence,
+            sequence: change
+                .event
+                .filter(|original| recorder.grant.scopes.cover(&original.authority))
+                .map(|_| change.sequence),
         }),
         None => outcomes.wait(first).await?,
     }
@@ -386,9 +396,9 @@ async fn follow_once(
             let message = message.map_err(|error| failed(error.to_string()))?;
             let info = message.info().map_err(|error| failed(error.to_string()))?;
             let sequence = info.stream_sequence;
-            let (event, recorded_by, recorded_at) = read_event(&message.payload, info.published);
+            let (event, recorder, recorded_at) = read_event(&message.payload, info.published);
             let pending = match store
-                .enqueue_from_stream(event, &recorded_by, sequence, recorded_at)
+                .enqueue_from_stream(event, &recorder, sequence, recorded_at)
                 .await
             {
                 Ok(pending) => pending,
@@ -446,18 +456,23 @@ async fn record_outcomes(
     Ok(())
 }
 
-/// The event a stream message carries, who recorded it and when; a message that is not a valid
-/// event (published by something other than idguard) becomes its refusal. Events are validated
-/// as of their recording time, so that every node reaches the same verdict whenever it reads them.
+/// The event a stream message carries, who recorded it (with what grant) and when; a message
+/// that is not a valid event (published by something other than idguard) becomes its refusal.
+/// Events are validated as of their recording time, so that every node reaches the same verdict
+/// whenever it reads them.
 fn read_event(
     payload: &[u8],
     published: OffsetDateTime,
-) -> (Result<ValidEvent, ApplyError>, String, OffsetDateTime) {
+) -> (Result<ValidEvent, ApplyError>, Recorder, OffsetDateTime) {
     let message = match pb::RegistryChange::decode(payload) {
         Ok(message) => message,
         Err(error) => {
             let refusal = ApplyError::Unreadable(format!("not a registry event: {error}"));
-            return (Err(refusal), String::new(), published);
+            let nobody = Recorder {
+                principal: String::new(),
+                grant: Grant::nothing(),
+            };
+            return (Err(refusal), nobody, published);
         }
     };
     let recorded_at = message
@@ -471,5 +486,9 @@ fn read_event(
             "a registry change without its event".into(),
         )),
     };
-    (event, message.recorded_by, recorded_at)
+    let recorder = Recorder {
+        principal: message.recorded_by,
+        grant: Grant::from_wire(message.grant.as_ref()),
+    };
+    (event, recorder, recorded_at)
 }

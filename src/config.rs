@@ -60,6 +60,9 @@ pub struct ServeConfig {
     /// Concurrent calls (HTTP/2 streams) one connection may have open.
     #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = crate::server::DEFAULT_STREAMS_PER_CONNECTION)]
     pub streams_per_connection: u32,
+    /// Client connections open at once; past it, new ones wait in the kernel's backlog.
+    #[arg(long, env = "IDGUARD_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// NATS servers of the cluster's event stream, comma-separated (`nats://HOST:PORT,...`):
     /// this node then records events in that JetStream stream and applies every node's events
     /// from it. Without it, the node runs alone on its embedded registry.

@@ -18,6 +18,10 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 /// The longest unit suffix after an authority's 6-digit division code.
 const MAX_AUTHORITY_SUFFIX: usize = 32;
 
+/// The earliest `occurred_at`: resident identity cards were first issued in 1984 (`DOMAIN.md`
+/// §1), so an earlier event is a mistake in the reporter's clock or data.
+pub const EARLIEST_EVENT: OffsetDateTime = time::macros::datetime!(1984-01-01 00:00 +8);
+
 /// A reporter's idempotency key: non-empty printable ASCII, at most 64 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReportId(String);
@@ -100,6 +104,28 @@ impl Event {
     }
 }
 
+/// A `report_id` in its namespace, the province of its event's authority: a reporter's ids can
+/// collide only with those of its own province, so no jurisdiction can squat, probe or block
+/// another's (a reporter's scopes are at least a province's prefix, so every id it can write lies
+/// in provinces it may report for). A withdrawal names its target within its own authority's
+/// province. Keyed so: the 2-digit province code, then the id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReportKey(Vec<u8>);
+
+impl ReportKey {
+    /// `report_id` in the namespace of `authority`, a validated authority.
+    pub fn new(authority: &str, report_id: &ReportId) -> Self {
+        let mut key = Vec::with_capacity(2 + report_id.as_str().len());
+        key.extend_from_slice(&authority.as_bytes()[..2]);
+        key.extend_from_slice(report_id.as_str().as_bytes());
+        Self(key)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A validated event together with its canonical wire form (number with upper-case `X`, `LONG`
 /// in upper case): two submissions are the same report exactly when their canonical forms are
 /// equal.
@@ -107,6 +133,13 @@ impl Event {
 pub struct ValidEvent {
     pub event: Event,
     pub canonical: pb::RegistryEvent,
+}
+
+impl ValidEvent {
+    /// Where the event's `report_id` lives ([`ReportKey`]).
+    pub fn report_key(&self) -> ReportKey {
+        ReportKey::new(&self.canonical.authority, &self.event.report_id)
+    }
 }
 
 /// Validates every field of a wire event against the card rules and the event rules; the error
@@ -244,6 +277,9 @@ fn validate_occurred_at(
     if at > now + MAX_CLOCK_SKEW {
         return Err(Rule::InFuture);
     }
+    if at < EARLIEST_EVENT {
+        return Err(Rule::BeforeFirstCards);
+    }
     Ok(at)
 }
 
@@ -324,6 +360,13 @@ mod tests {
         assert_eq!(field_of(&wire), "occurred_at");
         wire.occurred_at = Some(proto::timestamp(NOW + Duration::minutes(6)));
         assert_eq!(field_of(&wire), "occurred_at");
+        wire.occurred_at = Some(proto::timestamp(EARLIEST_EVENT - Duration::seconds(1)));
+        assert_eq!(
+            validate_event(wire.clone(), NOW).unwrap_err(),
+            FieldError::new("occurred_at", Rule::BeforeFirstCards)
+        );
+        wire.occurred_at = Some(proto::timestamp(EARLIEST_EVENT));
+        assert!(validate_event(wire.clone(), NOW).is_ok());
 
         let mut wire = reported("11010519491231002X");
         wire.kind = None;

@@ -117,7 +117,7 @@ impl RecordText<'_> {
                 note: self.note.as_ref().to_owned(),
             }),
             other => {
-                return Err(FieldError::new("kind", Rule::UnknownKind(other.to_owned())));
+                return Err(FieldError::new("kind", Rule::UnknownKind(other.into())));
             }
         };
         Ok(pb::RegistryEvent {

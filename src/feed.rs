@@ -188,6 +188,9 @@ async fn tail<L: Log>(
             _ = draining.wait_for(|draining| *draining) => {
                 return Err(Stop::End(FeedError::ShuttingDown));
             }
+            // A reader that hung up is let go at once, not at the next record (hits are rare:
+            // that could be hours).
+            () = out.closed() => return Err(Stop::ReaderGone),
         };
         match received {
             Ok(record) if L::sequence_of(&record) < *next => {}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::cluster::Cluster;
 use crate::event::ValidEvent;
+use crate::registry::Recorder;
 use crate::store::{Applied, ApplyError, PendingApply, Store};
 
 /// A node's way of recording events, and the store its checks read.
@@ -31,17 +32,21 @@ impl Ledger {
     pub async fn enqueue(
         &self,
         event: ValidEvent,
-        recorded_by: &str,
+        recorder: &Recorder,
     ) -> Result<PendingApply, ApplyError> {
         match self {
-            Self::Local(store) => store.enqueue(event, recorded_by).await,
-            Self::Cluster(cluster) => cluster.enqueue(event, recorded_by).await,
+            Self::Local(store) => store.enqueue(event, recorder).await,
+            Self::Cluster(cluster) => cluster.enqueue(event, recorder).await,
         }
     }
 
-    /// Records one validated event sent by `recorded_by`; resolves once it is durable and visible
+    /// Records one validated event sent by `recorder`; resolves once it is durable and visible
     /// to this node's checks.
-    pub async fn apply(&self, event: ValidEvent, recorded_by: &str) -> Result<Applied, ApplyError> {
-        self.enqueue(event, recorded_by).await?.outcome().await
+    pub async fn apply(
+        &self,
+        event: ValidEvent,
+        recorder: &Recorder,
+    ) -> Result<Applied, ApplyError> {
+        self.enqueue(event, recorder).await?.outcome().await
     }
 }

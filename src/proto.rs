@@ -24,6 +24,9 @@ pub use idguard::v1;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/idguard_descriptors.bin"));
 
+/// The HTTP/2 path of every method of the API (`/idguard.v1.Verification/Check`, ...).
+pub const RPC_METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/rpc_methods.rs"));
+
 /// The wire form of an instant.
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     let nanos = at.unix_timestamp_nanos();

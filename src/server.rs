@@ -8,12 +8,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access::{Access, Policy, PolicyError};
+use crate::access::{Access, GateLayer, Policy, PolicyError};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::ServeConfig;
 use crate::ledger::Ledger;
@@ -26,8 +25,22 @@ use crate::service::verification::VerificationService;
 use crate::signing::{KeysError, VerdictSigner};
 use crate::store::{Store, StoreError, StoreOptions};
 
-/// The largest request or response message, in bytes; larger ones are refused.
+/// The largest response message, in bytes (a batch of signed verdicts, a long history).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The largest `Verification` request: a batch of 10,000 cards is about 450 KB, and a single
+/// check a hundred bytes.
+pub const MAX_CHECK_REQUEST_BYTES: usize = 1 << 20;
+/// The largest request of the other services: an event is at most about 1.3 KB.
+pub const MAX_OTHER_REQUEST_BYTES: usize = 64 << 10;
+/// The HTTP/2 flow-control window of a connection and of each stream: what a client can make the
+/// server hold unread, whatever it sends.
+const FLOW_WINDOW_BYTES: u32 = 1 << 20;
+/// The largest header block of a call (HTTP/2 `MAX_HEADER_LIST_SIZE`).
+const MAX_HEADER_BYTES: u32 = 16 << 10;
+/// How often an idle connection is pinged, and how long an answer may take before it is closed:
+/// a vanished peer (and its `Watch` streams) is noticed within a minute.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +117,8 @@ pub fn tls_config(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, Serve
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Concurrent calls on one connection by default (HTTP/2 `MAX_CONCURRENT_STREAMS`).
 pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 128;
+/// Client connections open at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Who may connect and call, and how verdicts are signed.
 pub struct Guards {
@@ -112,6 +127,7 @@ pub struct Guards {
     pub access: Arc<Access>,
     pub signer: Option<Arc<VerdictSigner>>,
     pub streams_per_connection: u32,
+    pub max_connections: usize,
 }
 
 impl Default for Guards {
@@ -122,6 +138,7 @@ impl Default for Guards {
             access: Arc::new(Access::new(None, DEFAULT_MAX_IN_FLIGHT)),
             signer: None,
             streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -152,6 +169,7 @@ impl Guards {
             access: Arc::new(Access::new(policy, config.max_in_flight)),
             signer: signer.map(Arc::new),
             streams_per_connection: config.streams_per_connection,
+            max_connections: config.max_connections,
         })
     }
 }
@@ -171,13 +189,99 @@ async fn report_health(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// A server builder with the transport settings every phase shares.
+/// A server builder with the transport settings every phase shares: with them, a connection that
+/// never authenticates holds at most its flow-control window and one header block per stream
+/// (about 1 MiB + 128 × 16 KiB by default) until it is closed.
 fn builder(guards_tls: Option<ServerTlsConfig>, streams: u32) -> Result<Server, ServeError> {
     let mut server = Server::builder();
     if let Some(tls) = guards_tls {
         server = server.tls_config(tls)?;
     }
-    Ok(server.max_concurrent_streams(Some(streams)))
+    Ok(server
+        .max_concurrent_streams(Some(streams))
+        .initial_connection_window_size(FLOW_WINDOW_BYTES)
+        .initial_stream_window_size(FLOW_WINDOW_BYTES)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL)))
+}
+
+/// Accepted connections, at most `max` open at once: past it the listener is not read, so that
+/// the kernel's backlog, not this process, holds the excess.
+fn limited_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Counted>> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let (connections, incoming) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let accepted = listener.accept().await.map(|(stream, _)| {
+                // Checks are small writes that must not wait for Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
+                Counted {
+                    stream,
+                    _permit: permit,
+                }
+            });
+            if connections.send(accepted).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+/// A connection that holds one of [`limited_incoming`]'s permits while it is open.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(context, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(context, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(context)
+    }
 }
 
 /// While the registry opens (seconds at national scale), the port already answers health checks
@@ -283,29 +387,28 @@ pub async fn serve(
         guards.signer,
         draining.clone(),
     ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let registry = RegistryServer::new(RegistryService::new(
         ledger,
         Arc::clone(&guards.access),
         draining,
     ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(MAX_OTHER_REQUEST_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(AdminService::new(store, guards.access));
+    let admin = AdminServer::new(AdminService::new(store, Arc::clone(&guards.access)))
+        .max_decoding_message_size(MAX_OTHER_REQUEST_BYTES);
     builder(guards.tls, guards.streams_per_connection)?
         .layer(crate::telemetry::rpc_layer())
         .layer(crate::telemetry::metrics::RpcMetricsLayer)
+        .layer(GateLayer::new(guards.access))
         .add_service(verification)
         .add_service(registry)
         .add_service(admin)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(limited_incoming(listener, guards.max_connections), shutdown)
         .await?;
     Ok(())
 }

@@ -256,21 +256,22 @@ pub mod metrics {
         }
     }
 
-    /// The RPC's method as a label: the path of a known service, else `other`, so that random
-    /// paths cannot grow the label set.
-    fn method_label(path: &str) -> String {
-        const KNOWN: [&str; 5] = [
-            "/idguard.v1.",
-            "/grpc.health.v1.",
-            "/grpc.reflection.v1.",
-            "/grpc.reflection.v1alpha.",
-            "/google.",
+    /// The RPC's method as a label: the path of a method this server implements, else `other`,
+    /// so that invented paths (which any caller can send, credentials or not) cannot grow the
+    /// label set.
+    pub fn method_label(path: &str) -> &'static str {
+        const STANDARD: [&str; 4] = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ];
-        if KNOWN.iter().any(|prefix| path.starts_with(prefix)) && path.len() < 96 {
-            path.to_owned()
-        } else {
-            "other".to_owned()
-        }
+        crate::proto::RPC_METHODS
+            .iter()
+            .chain(&STANDARD)
+            .find(|method| **method == path)
+            .copied()
+            .unwrap_or("other")
     }
 
     /// Counts every RPC by method and status code, and times it until its response headers (for
@@ -319,7 +320,7 @@ pub mod metrics {
                 let response = inner.call(request).await?;
                 let code = super::grpc_status(response.headers()).unwrap_or(tonic::Code::Ok);
                 let code = format!("{code:?}");
-                metrics::histogram!("idguard_rpc_latency_seconds", "method" => method.clone())
+                metrics::histogram!("idguard_rpc_latency_seconds", "method" => method)
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("idguard_rpc_requests_total", "method" => method, "code" => code)
                     .increment(1);

@@ -355,8 +355,9 @@ async fn duplicates_sent_to_different_nodes_make_one_event() {
     let again = cluster.nodes[2].apply(event.clone()).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(again.sequence, sequence);
+    // Another content under the same id in the same province (ids are unique per province).
     let mut changed = event.clone();
-    changed.authority = "110105".into();
+    changed.authority = "440306".into();
     let conflict = cluster.nodes[1].apply(changed).await.unwrap_err();
     assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
 
@@ -370,4 +371,67 @@ async fn duplicates_sent_to_different_nodes_make_one_event() {
     // The late duplicate was a stream message that registered nothing; the conflict, sent within
     // the window after it, was dropped by JetStream.
     assert_eq!(last, sequence + 2);
+}
+
+/// A withdrawal on the stream carries its sender's grant, and every follower decides by it when
+/// the withdrawal meets its target, whichever node the target came through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_on_the_stream_undoes_only_what_its_recorded_grant_covers() {
+    use prost::Message;
+    let cluster = Cluster::start(&[]);
+    // The stream exists once any write went through.
+    cluster.nodes[0].apply(loss("G-", 0)).await.unwrap();
+    // Shenzhen's withdrawal of gz-0001, as a publishing node records it, sent before its target.
+    let mut withdrawal = common::event(
+        "sz-w1",
+        time::macros::datetime!(2025-06-02 08:00 UTC),
+        common::withdrawn("gz-0001"),
+    );
+    withdrawal.authority = "440305".into();
+    let change = pb::RegistryChange {
+        sequence: 0,
+        event: Some(withdrawal),
+        recorded_at: common::at(time::OffsetDateTime::now_utc()),
+        recorded_by: "sz-police".into(),
+        grant: Some(pb::Grant {
+            scopes: vec!["4403".into()],
+            permissions: vec!["report_loss".into()],
+        }),
+    };
+    let urls = cluster.nats.urls();
+    let first_server = urls.split(',').next().unwrap();
+    let jetstream = async_nats::jetstream::new(async_nats::connect(first_server).await.unwrap());
+    jetstream
+        .publish("REGISTRY.events", change.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Guangzhou's theft report arrives through another node.
+    let mut theft = loss("gz-000", 1);
+    theft.authority = "440103".into();
+    if let Some(pb::registry_event::Kind::Reported(reported)) = theft.kind.as_mut() {
+        reported.kind = pb::LossKind::Stolen.into();
+    }
+    let target = cluster.nodes[1].apply(theft).await.unwrap().sequence;
+    for node in &cluster.nodes {
+        let verdict = node
+            .verification()
+            .await
+            .check(check_request(1, target))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(verdict.reason(), pb::Reason::Stolen);
+        let record = node
+            .registry()
+            .await
+            .get_record(pb::GetRecordRequest {
+                id_number: nth_number(1),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(record.refused_withdrawals, [target - 1]);
+    }
 }

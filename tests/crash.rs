@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use idguard::proto::v1 as pb;
+use idguard::registry::Recorder;
 use idguard::store::Store;
 use pb::registry_client::RegistryClient;
 use pb::verification_client::VerificationClient;
@@ -324,7 +325,10 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
             let now = time::OffsetDateTime::now_utc();
             for k in range {
                 let valid = idguard::event::validate_event(loss("i", k), now).unwrap();
-                store.apply(valid, "test").await.unwrap();
+                store
+                    .apply(valid, &Recorder::trusted("test"))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -382,7 +386,7 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
             store
                 .apply(
                     idguard::event::validate_event(loss("o", k), now).unwrap(),
-                    "test",
+                    &Recorder::trusted("test"),
                 )
                 .await
                 .unwrap();

@@ -128,7 +128,9 @@ fn verdicts_after(order: &[pb::RegistryEvent]) -> Vec<Verdict> {
             let valid = validate_event(wire.clone(), now).expect("generated events are valid");
             // A withdrawal of a withdrawal may be refused in one order and accepted without
             // effect in another; either way the verdicts must agree.
-            let _ = store.apply(valid, "test").await;
+            let _ = store
+                .apply(valid, &idguard::registry::Recorder::trusted("test"))
+                .await;
         }
         let (verdicts, _) = check_cards(&store, &probes(), TODAY).await.expect("checks");
         verdicts

@@ -21,10 +21,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 const TICKETING_TOKEN: &str = "ticketing-7f3a9c1e5b2d4a6f8e0c";
 
 /// Principals with certificates; `ticketing` has a token instead.
-const WITH_CERTIFICATES: [&str; 6] = [
+const WITH_CERTIFICATES: [&str; 9] = [
     "hotel-0001",
     "bank-0755",
     "sz-police",
+    "bj-police",
+    "gz-police",
+    "gd-issuer",
     "audit-office",
     "noisy-kiosk",
     "ops",
@@ -51,6 +54,25 @@ token_sha256 = ["{}"]
 name = "sz-police"
 role = "reporter"
 scopes = ["4403"]
+permissions = ["report_loss"]
+
+[[principal]]
+name = "bj-police"
+role = "reporter"
+scopes = ["1101"]
+permissions = ["report_loss"]
+
+[[principal]]
+name = "gz-police"
+role = "reporter"
+scopes = ["4401"]
+permissions = ["report_loss"]
+
+[[principal]]
+name = "gd-issuer"
+role = "reporter"
+scopes = ["44"]
+permissions = ["issue"]
 
 [[principal]]
 name = "audit-office"
@@ -64,6 +86,7 @@ rate = {{ per_second = 20, burst = 20 }}
 [[principal]]
 name = "ops"
 role = "admin"
+max_in_flight = 64
 "#,
         idguard::access::TokenDigest::of(TICKETING_TOKEN).to_hex()
     )
@@ -73,6 +96,7 @@ role = "admin"
 struct Fixture {
     dir: tempfile::TempDir,
     server: ChildServer,
+    metrics: String,
     flags: Vec<String>,
     url: String,
     ca: String,
@@ -113,7 +137,7 @@ impl Fixture {
             keys,
         ];
         flags.extend(extra.iter().map(|flag| flag.to_string()));
-        let server = start_server(dir.path(), &flags);
+        let (server, metrics) = start_server(dir.path(), &flags);
         let url = server.url.replace("http://", "https://");
         let identities = WITH_CERTIFICATES
             .iter()
@@ -122,6 +146,7 @@ impl Fixture {
         Self {
             dir,
             server,
+            metrics,
             flags,
             url,
             ca,
@@ -134,7 +159,7 @@ impl Fixture {
     fn kill_and_restart(&mut self) {
         self.server.child.kill().unwrap();
         self.server.child.wait().unwrap();
-        self.server = start_server(self.dir.path(), &self.flags);
+        (self.server, self.metrics) = start_server(self.dir.path(), &self.flags);
         self.url = self.server.url.replace("http://", "https://");
     }
 
@@ -203,9 +228,15 @@ impl Fixture {
     }
 }
 
-fn start_server(dir: &Path, flags: &[String]) -> ChildServer {
+/// The server, and where it serves its metrics.
+fn start_server(dir: &Path, flags: &[String]) -> (ChildServer, String) {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    ChildServer::start_with(&dir.join("data"), &flags)
+    let (server, lines) = ChildServer::start_reading(&dir.join("data"), &flags, 2);
+    let metrics = lines[1]
+        .strip_prefix("idguard metrics on ")
+        .expect("the metrics address")
+        .to_owned();
+    (server, metrics)
 }
 
 fn stolen_number() -> String {
@@ -394,7 +425,8 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
     assert_eq!(record.events.len(), 1);
     assert_eq!(record.events[0].recorded_by, "sz-police");
 
-    // Shenzhen cannot withdraw what Beijing reported, even under a Shenzhen authority.
+    // Shenzhen cannot withdraw what Beijing reported: not under a Beijing authority (outside its
+    // scopes), and under a Shenzhen one the id names an event of Guangdong's namespace instead.
     let ops = fixture.as_principal("ops").await;
     RegistryClient::new(ops.clone())
         .apply(report_stolen("bj-1", "110105", &beijing))
@@ -405,13 +437,17 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
         datetime!(2026-03-02 09:00 +8),
         common::withdrawn("bj-1"),
     );
-    withdrawal.authority = "440305".into();
+    withdrawal.authority = "110105".into();
     let refused = RegistryClient::new(police.clone())
-        .apply(withdrawal)
+        .apply(withdrawal.clone())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(!refused.message().contains("110105"), "{refused:?}");
+    withdrawal.authority = "440305".into();
+    RegistryClient::new(police.clone())
+        .apply(withdrawal)
+        .await
+        .expect("a withdrawal waiting for a Guangdong event bj-1");
     let still_stolen = check(&ops, &beijing).await.unwrap();
     assert_eq!(still_stolen.reason(), pb::Reason::Stolen);
     let mut watch = records
@@ -474,7 +510,7 @@ async fn verdicts_reveal_what_the_profile_allows_and_hits_reach_auditors() {
         common::issued(card(&superseded, "20200101", "")),
     );
     newer.authority = "440305".into();
-    RegistryClient::new(fixture.as_principal("sz-police").await)
+    RegistryClient::new(fixture.as_principal("gd-issuer").await)
         .apply(newer)
         .await
         .unwrap();
@@ -691,33 +727,102 @@ async fn a_caller_over_its_rate_is_refused_with_a_retry_hint_and_does_not_starve
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn past_the_limit_of_calls_in_flight_new_calls_are_shed_at_once() {
-    let fixture = Fixture::start(&["--max-in-flight", "1"]);
+async fn one_caller_waiting_or_flooding_never_makes_the_service_unavailable_to_others() {
+    let fixture = Fixture::start(&["--max-in-flight", "4"]);
     let id = number("11010519491231002");
     let bank = fixture.as_principal("bank-0755").await;
+    let hotel = fixture.as_principal("hotel-0001").await;
+    let ops = fixture.as_principal("ops").await;
+
+    // A min_sequence far beyond the registry is refused at once rather than waited for.
+    let started = Instant::now();
+    let mut far = check_request(&id, b"");
+    far.min_sequence = 1_000_000;
+    let refused = VerificationClient::new(bank.clone())
+        .check(far)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().starts_with("min_sequence: "),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The bank's waits for a near sequence hold only its own share (a quarter of 4 calls): its
+    // next call is refused as its own excess, while the hotel is answered at once.
     let waiting = {
         let bank = bank.clone();
         let id = id.clone();
         tokio::spawn(async move {
             let mut request = check_request(&id, b"");
-            request.min_sequence = 1_000_000;
+            request.min_sequence = 5;
             let mut request = tonic::Request::new(request);
             request.set_timeout(Duration::from_secs(3));
             VerificationClient::new(bank).check(request).await
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = Instant::now();
-    let shed = check(&bank, &id).await.unwrap_err();
-    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
-    assert!(shed.message().contains("limit of 1 calls"), "{shed:?}");
+    let excess = check(&bank, &id).await.unwrap_err();
+    assert_eq!(excess.code(), Code::ResourceExhausted, "{excess:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "shedding waited for the first call"
+        excess.message().contains("limit of 1 calls in flight"),
+        "{excess:?}"
     );
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert!(check(&hotel, &id).await.is_ok(), "the hotel was refused");
+    }
+    println!(
+        "20 hotel checks while the bank waits: {:?}",
+        started.elapsed()
+    );
+    // An empty batch costs a rate token and a share like any call.
+    let empty = VerificationClient::new(bank.clone())
+        .check_batch(pb::CheckBatchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::ResourceExhausted, "{empty:?}");
     let waited = waiting.await.unwrap().unwrap_err();
     assert_eq!(waited.code(), Code::DeadlineExceeded);
-    assert!(check(&bank, &id).await.is_ok(), "the slot is free again");
+    assert!(check(&bank, &id).await.is_ok(), "the share is free again");
+
+    // Past the server's limit of calls being answered, new ones are shed at once: four batches of
+    // 10,000 signed verdicts from the admin (whose policy gives it a share of 64) hold every
+    // permit for a while.
+    let batch = pb::CheckBatchRequest {
+        cards: (0..10_000)
+            .map(|k| card(&number(&format!("110105194912{k:05}")), "20150101", ""))
+            .collect(),
+        ..Default::default()
+    };
+    let mut shed = None;
+    for _ in 0..20 {
+        let batches: Vec<_> = (0..4)
+            .map(|_| {
+                let (ops, batch) = (ops.clone(), batch.clone());
+                tokio::spawn(async move { VerificationClient::new(ops).check_batch(batch).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let answer = check(&hotel, &id).await;
+        let elapsed = started.elapsed();
+        for batch in batches {
+            let _ = batch.await.unwrap();
+        }
+        if let Err(status) = answer {
+            shed = Some((status, elapsed));
+            break;
+        }
+    }
+    let (status, elapsed) = shed.expect("no call was shed while every permit was held");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("limit of 4 calls"), "{status:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "shedding waited: {elapsed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -802,4 +907,252 @@ async fn signed_verdicts_verify_offline_and_any_change_fails() {
         String::from_utf8_lossy(&forged.stdout).starts_with("NOT GENUINE"),
         "{forged:?}"
     );
+}
+
+/// Applies `event` as `reporter`, returning its sequence or the refusal.
+async fn apply_as(channel: &Channel, event: pb::RegistryEvent) -> Result<u64, tonic::Status> {
+    RegistryClient::new(channel.clone())
+        .apply(event)
+        .await
+        .map(|applied| applied.into_inner().sequence)
+}
+
+fn withdrawal_of(report_id: &str, target: &str, authority: &str) -> pb::RegistryEvent {
+    let mut withdrawal = event(
+        report_id,
+        datetime!(2026-03-02 09:00 +8),
+        common::withdrawn(target),
+    );
+    withdrawal.authority = authority.into();
+    withdrawal
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_reporter_undoes_or_blocks_another_jurisdictions_reports_whatever_the_order() {
+    let fixture = Fixture::start(&[]);
+    let shenzhen = fixture.as_principal("sz-police").await;
+    let beijing = fixture.as_principal("bj-police").await;
+    let guangzhou = fixture.as_principal("gz-police").await;
+    let issuer = fixture.as_principal("gd-issuer").await;
+    let ops = fixture.as_principal("ops").await;
+    let mut records = RegistryClient::new(fixture.as_principal("audit-office").await);
+    let reason = |id: String| {
+        let ops = ops.clone();
+        async move { check(&ops, &id).await.unwrap().reason() }
+    };
+
+    // A withdrawal sent before its target only ever undoes an event inside the withdrawer's
+    // grant: Shenzhen's withdrawal of bj-0002 names an id of Guangdong's namespace, not
+    // Beijing's report; its withdrawal of Guangzhou's gz-0001 meets it but is outside its scopes;
+    // the issuer's withdrawal of a loss report is outside its permissions. Each is kept, refused,
+    // in the number's record.
+    let (bj_card, gz_card, sz_card) = (
+        number("11010519800101001"),
+        number("44010319800101001"),
+        number("44030519800101002"),
+    );
+    apply_as(&shenzhen, withdrawal_of("sz-w1", "bj-0002", "440305"))
+        .await
+        .unwrap();
+    let scope_refused = apply_as(&shenzhen, withdrawal_of("sz-w2", "gz-0001", "440305"))
+        .await
+        .unwrap();
+    let permission_refused = apply_as(&issuer, withdrawal_of("gd-w1", "sz-0009", "440300"))
+        .await
+        .unwrap();
+    apply_as(&beijing, report_stolen("bj-0002", "110105", &bj_card))
+        .await
+        .expect("not blocked by Shenzhen's withdrawal");
+    apply_as(&guangzhou, report_stolen("gz-0001", "440103", &gz_card))
+        .await
+        .unwrap();
+    apply_as(&shenzhen, report_stolen("sz-0009", "440305", &sz_card))
+        .await
+        .unwrap();
+    for card in [&bj_card, &gz_card, &sz_card] {
+        assert_eq!(reason(card.clone()).await, pb::Reason::Stolen, "{card}");
+    }
+    for (card, refused) in [(&gz_card, scope_refused), (&sz_card, permission_refused)] {
+        let record = records
+            .get_record(pb::GetRecordRequest {
+                id_number: card.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(record.refused_withdrawals, [refused], "{card}");
+        assert!(record.events.iter().any(|e| e.sequence == refused));
+    }
+    let metrics = common::scrape(&fixture.metrics);
+    assert_eq!(
+        common::sample(&metrics, "idguard_withdrawals_refused_total"),
+        2.0
+    );
+    // Inside its grant, a withdrawal undoes its target whichever comes first.
+    let own_card = number("44030519800101003");
+    apply_as(&shenzhen, withdrawal_of("sz-w3", "sz-0010", "440305"))
+        .await
+        .unwrap();
+    apply_as(&shenzhen, report_stolen("sz-0010", "440305", &own_card))
+        .await
+        .unwrap();
+    assert_eq!(reason(own_card.clone()).await, pb::Reason::Unspecified);
+    // After its target, a withdrawal outside the grant is refused at once, naming nothing.
+    let late = apply_as(&issuer, withdrawal_of("gd-w2", "sz-0009", "440300"))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::PermissionDenied, "{late:?}");
+    assert!(!late.message().contains("440305"), "{late:?}");
+
+    // Report ids are unique per province: Shenzhen squatting bj-0003 leaves Beijing's free, and
+    // a collision inside a province does not reveal the other city's event.
+    apply_as(&shenzhen, report_stolen("bj-0003", "440305", &sz_card))
+        .await
+        .unwrap();
+    apply_as(&beijing, report_stolen("bj-0003", "110105", &bj_card))
+        .await
+        .expect("Beijing's id is Beijing's");
+    let first = apply_as(&shenzhen, report_stolen("sz-0011", "440305", &sz_card))
+        .await
+        .unwrap();
+    let collision = apply_as(&guangzhou, report_stolen("sz-0011", "440103", &gz_card))
+        .await
+        .unwrap_err();
+    assert_eq!(collision.code(), Code::AlreadyExists, "{collision:?}");
+    assert!(!collision.message().contains("sequence"), "{collision:?}");
+    let own = apply_as(&shenzhen, report_stolen("sz-0011", "440306", &sz_card))
+        .await
+        .unwrap_err();
+    assert!(
+        own.message().contains(&format!("(sequence {first})")),
+        "{own:?}"
+    );
+    let retry = RegistryClient::new(shenzhen.clone())
+        .apply(report_stolen("sz-0011", "440305", &sz_card))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retry.sequence, retry.duplicate), (first, true));
+
+    // Event kinds are bound to organs; a refusal names the missing permission and writes nothing.
+    let fresh = number("44030519900101004");
+    let kinds = [
+        (
+            &shenzhen,
+            event(
+                "k-1",
+                datetime!(2026-03-01 09:00 +8),
+                common::issued(card(&fresh, "20200101", "")),
+            ),
+            "the issue permission",
+        ),
+        (
+            &shenzhen,
+            event(
+                "k-2",
+                datetime!(2026-03-01 09:00 +8),
+                common::cancelled(&fresh),
+            ),
+            "the cancel permission",
+        ),
+        (
+            &issuer,
+            report_stolen("k-3", "440305", &fresh),
+            "the report_loss permission",
+        ),
+    ];
+    for (reporter, refused, permission) in kinds {
+        let denied = apply_as(reporter, refused).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains(permission), "{denied:?}");
+    }
+    let none = records
+        .get_record(pb::GetRecordRequest {
+            id_number: fresh.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::NotFound, "a refused event was written");
+    let issuance = event(
+        "k-4",
+        datetime!(2026-03-01 09:00 +8),
+        common::issued(card(&fresh, "20200101", "")),
+    );
+    apply_as(&issuer, issuance)
+        .await
+        .expect("an issuing organ issues");
+
+    // A withdrawal of a withdrawal is refused whichever arrives first: sent after it, at once;
+    // sent before (and so acknowledged), it is counted refused when the withdrawal it names
+    // arrives, which applies as it would have anyway.
+    let of_withdrawal = apply_as(&shenzhen, withdrawal_of("sz-w6", "sz-w3", "440305"))
+        .await
+        .unwrap_err();
+    assert_eq!(of_withdrawal.code(), Code::InvalidArgument);
+    let twice_lost = number("44030519800101005");
+    apply_as(&shenzhen, report_stolen("sz-0013", "440305", &twice_lost))
+        .await
+        .unwrap();
+    apply_as(&shenzhen, withdrawal_of("sz-w5", "sz-w4", "440305"))
+        .await
+        .unwrap();
+    apply_as(&shenzhen, withdrawal_of("sz-w4", "sz-0013", "440305"))
+        .await
+        .expect("the withdrawal named first applies");
+    assert_eq!(reason(twice_lost).await, pb::Reason::Unspecified);
+    let metrics = common::scrape(&fixture.metrics);
+    assert_eq!(
+        common::sample(&metrics, "idguard_withdrawals_refused_total"),
+        3.0
+    );
+
+    // No event is older than the first resident identity cards.
+    let mut ancient = report_stolen("sz-0012", "440305", &sz_card);
+    ancient.occurred_at = common::at(datetime!(1983-12-31 09:00 +8));
+    let refused = apply_as(&shenzhen, ancient).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("occurred_at: "),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_feeds_are_released_at_once_and_capped_per_principal() {
+    let fixture = Fixture::start(&[]);
+    let auditor = fixture.as_principal("audit-office").await;
+    let open = |from_sequence| {
+        let auditor = auditor.clone();
+        async move {
+            RegistryClient::new(auditor)
+                .watch_hits(pb::WatchHitsRequest { from_sequence })
+                .await
+        }
+    };
+    let mut feeds = Vec::new();
+    for _ in 0..idguard::access::MAX_FEEDS_PER_PRINCIPAL {
+        feeds.push(open(0).await.expect("within the cap").into_inner());
+    }
+    let refused = open(0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("WatchHits"), "{refused:?}");
+    // No hit will come for hours; the streams are dropped and must be released now.
+    drop(feeds);
+    let started = Instant::now();
+    let reopened = loop {
+        match open(0).await {
+            Ok(feed) => break feed,
+            Err(status) if started.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("abandoned feeds still held after 5 s: {status:?}"),
+        }
+    };
+    println!(
+        "{} abandoned WatchHits streams released in {:?}",
+        idguard::access::MAX_FEEDS_PER_PRINCIPAL,
+        started.elapsed()
+    );
+    drop(reopened);
 }

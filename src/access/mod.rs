@@ -5,6 +5,7 @@
 //! A server without a policy is open, and only ever on loopback (see [`crate::server`]): every
 //! caller is then the principal `local` with the admin role.
 
+mod gate;
 mod policy;
 mod rate;
 
@@ -18,13 +19,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+pub use gate::GateLayer;
 pub use policy::{Policy, PolicyError};
 pub use rate::{Rate, TokenBucket};
+
+use crate::event::ValidEvent;
+use crate::registry::{Denial, Grant, Permission, Recorder};
 
 /// The header a checker names its branch or terminal with; it goes into the hit log.
 pub const TERMINAL_HEADER: &str = "x-idguard-terminal";
 /// The principal every caller is on a server without an access policy.
 pub const LOCAL_PRINCIPAL: &str = "local";
+/// `Watch` and `WatchHits` streams one principal may have open at once: an auditor's
+/// dashboards, not thousands of abandoned tasks. `local`, everybody on an open loopback server,
+/// may have [`MAX_FEEDS_OPEN`].
+pub const MAX_FEEDS_PER_PRINCIPAL: usize = 16;
+/// `Watch` and `WatchHits` streams open at once on a server without a policy.
+const MAX_FEEDS_OPEN: usize = 1024;
 
 /// What a principal is for; each role grants one family of calls, and `admin` all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -69,14 +80,6 @@ pub enum Disclosure {
     Status,
     /// Also the reason, `invalid_since` and the explanation.
     Full,
-}
-
-/// The division codes a reporter may report for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scopes {
-    Nationwide,
-    /// Division-code prefixes such as `4403` (Shenzhen).
-    Prefixes(Vec<String>),
 }
 
 /// SHA-256 of a bearer token: the policy holds only these, so a leaked policy file grants nothing.
@@ -128,55 +131,71 @@ pub struct Principal {
     pub role: Role,
     pub disclosure: Disclosure,
     pub rate: Option<Rate>,
-    scopes: Scopes,
+    /// What it may write; nothing for a role other than reporter or admin.
+    grant: Grant,
     limiter: Option<TokenBucket>,
+    /// Its own calls in flight, from the policy's `max_in_flight`; `None`: the default share,
+    /// which [`Access::new`] sets.
+    pub max_in_flight: Option<usize>,
+    /// Permits for its calls in flight: its share of the server, so that one principal's
+    /// calls (waiting for `min_sequence`, say) never take every permit. Empty until
+    /// [`Access::new`] gives it its share.
+    calls: Arc<Semaphore>,
+    /// Permits for its open `Watch` and `WatchHits` streams.
+    feeds: Arc<Semaphore>,
     pub activity: Activity,
 }
 
 impl Principal {
-    /// A principal with a fresh bucket and zeroed activity.
+    /// A principal with a fresh bucket and zeroed activity. Only a reporter or an admin keeps
+    /// its grant: no other role writes.
     pub fn new(
         name: String,
         role: Role,
-        scopes: Scopes,
+        grant: Grant,
         disclosure: Disclosure,
         rate: Option<Rate>,
     ) -> Self {
+        let grant = match role {
+            Role::Reporter | Role::Admin => grant,
+            Role::Checker | Role::Auditor => Grant::nothing(),
+        };
         Self {
             name,
             role,
             disclosure,
             rate,
-            scopes,
+            grant,
             limiter: rate.map(TokenBucket::new),
+            max_in_flight: None,
+            calls: Arc::new(Semaphore::new(0)),
+            feeds: Arc::new(Semaphore::new(MAX_FEEDS_PER_PRINCIPAL)),
             activity: Activity::default(),
         }
     }
 
     /// Whether this principal may report events of `authority` (a division code and a suffix).
     pub fn may_report_for(&self, authority: &str) -> bool {
-        let reporter = matches!(self.role, Role::Reporter | Role::Admin);
-        reporter
-            && match &self.scopes {
-                Scopes::Nationwide => true,
-                Scopes::Prefixes(prefixes) => {
-                    prefixes.iter().any(|prefix| authority.starts_with(prefix))
-                }
-            }
+        self.grant.scopes.cover(authority)
+    }
+
+    /// The principal's permissions.
+    pub fn permissions(&self) -> &[Permission] {
+        self.grant.permissions()
+    }
+
+    /// The principal as the recorder of the events it sends.
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
+            principal: self.name.clone(),
+            grant: self.grant.clone(),
+        }
     }
 
     fn grants(&self, needs: Needs) -> bool {
         match needs {
             Needs::AnyRole => true,
             Needs::Role(role) => self.role == role || self.role == Role::Admin,
-        }
-    }
-
-    /// The scopes, as the policy gave them, for messages to this principal.
-    fn scopes_text(&self) -> String {
-        match &self.scopes {
-            Scopes::Nationwide => "*".into(),
-            Scopes::Prefixes(prefixes) => prefixes.join(", "),
         }
     }
 }
@@ -187,18 +206,49 @@ pub struct Caller {
     pub principal: Arc<Principal>,
     /// From [`TERMINAL_HEADER`]; empty without one.
     pub terminal: String,
+    /// The family of calls this one counts against.
+    pool: Pool,
+}
+
+/// The families of calls with permits of their own: reporters retrying through a NATS outage, or
+/// auditors reading histories, never take the permits checks need, nor the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Checks,
+    Others,
+}
+
+impl Pool {
+    fn of(needs: Needs) -> Self {
+        match needs {
+            Needs::AnyRole | Needs::Role(Role::Checker) => Pool::Checks,
+            Needs::Role(Role::Reporter | Role::Auditor | Role::Admin) => Pool::Others,
+        }
+    }
+}
+
+/// A call let in: its share of its principal's permits and of its family's, held until it is
+/// answered.
+#[derive(Debug)]
+pub struct Admission {
+    _share: OwnedSemaphorePermit,
+    _work: OwnedSemaphorePermit,
+}
+
+/// A call let in by its principal's rate and share, not yet holding a permit of its family: what a
+/// check holds while it waits for `min_sequence`, so that waiting costs only the caller's share.
+#[derive(Debug)]
+pub struct Reserved {
+    share: OwnedSemaphorePermit,
+    pool: Pool,
 }
 
 impl Caller {
-    /// PERMISSION_DENIED unless the principal may report for `authority`.
-    pub fn may_report_for(&self, authority: &str) -> Result<(), AccessError> {
-        if self.principal.may_report_for(authority) {
-            return Ok(());
-        }
-        Err(AccessError::OutOfScope {
-            authority: authority.to_owned(),
-            scopes: self.principal.scopes_text(),
-        })
+    /// PERMISSION_DENIED unless the principal may send `event`: its authority inside the
+    /// principal's scopes, and the permission its kind needs held (a withdrawal's is checked
+    /// when it meets its target, by the writer).
+    pub fn may_send(&self, event: &ValidEvent) -> Result<(), AccessError> {
+        Ok(self.principal.grant.admits(event)?)
     }
 }
 
@@ -213,8 +263,8 @@ pub enum AccessError {
         principal: String,
         role: &'static str,
     },
-    #[error("authority: {authority:?} is outside this principal's scopes ({scopes})")]
-    OutOfScope { authority: String, scopes: String },
+    #[error(transparent)]
+    Denied(#[from] Denial),
     #[error("{TERMINAL_HEADER}: at most 64 printable ASCII characters")]
     BadTerminal,
     #[error("rate limit of principal {principal:?} reached: retry after {} ms", retry_after.as_millis())]
@@ -224,6 +274,16 @@ pub enum AccessError {
     },
     #[error("the server is answering its limit of {0} calls: retry with backoff, or another node")]
     Overloaded(usize),
+    #[error(
+        "principal {principal:?} already has its limit of {limit} calls in flight: wait for \
+         answers before sending more"
+    )]
+    TooManyCalls { principal: String, limit: usize },
+    #[error(
+        "principal {principal:?} already has {MAX_FEEDS_PER_PRINCIPAL} Watch or WatchHits \
+         streams open: close one first"
+    )]
+    TooManyFeeds { principal: String },
 }
 
 impl From<AccessError> for Status {
@@ -231,7 +291,7 @@ impl From<AccessError> for Status {
         let message = error.to_string();
         match error {
             AccessError::Unauthenticated(_) => Status::unauthenticated(message),
-            AccessError::WrongRole { .. } | AccessError::OutOfScope { .. } => {
+            AccessError::WrongRole { .. } | AccessError::Denied(_) => {
                 Status::permission_denied(message)
             }
             AccessError::BadTerminal => Status::invalid_argument(message),
@@ -249,6 +309,9 @@ impl From<AccessError> for Status {
                 status
             }
             AccessError::Overloaded(_) => Status::unavailable(message),
+            AccessError::TooManyCalls { .. } | AccessError::TooManyFeeds { .. } => {
+                Status::resource_exhausted(message)
+            }
         }
     }
 }
@@ -259,23 +322,39 @@ pub struct Access {
     /// `None`: open, every caller is [`Access::local`].
     policy: Option<Policy>,
     local: Arc<Principal>,
-    in_flight: Arc<Semaphore>,
+    /// Permits of each [`Pool`], in its order.
+    pools: [Arc<Semaphore>; 2],
     max_in_flight: usize,
 }
 
 impl Access {
-    /// `policy`, or open without one; at most `max_in_flight` calls answered at once.
+    /// `policy`, or open without one; at most `max_in_flight` checks and as many other calls
+    /// answered at once, and of each at most a quarter (or the policy's `max_in_flight`) from
+    /// one principal.
     pub fn new(policy: Option<Policy>, max_in_flight: usize) -> Self {
+        let local = Arc::new(Principal::new(
+            LOCAL_PRINCIPAL.into(),
+            Role::Admin,
+            Grant::everything(),
+            Disclosure::Full,
+            None,
+        ));
+        // On an open server the one principal is everybody.
+        local.calls.add_permits(max_in_flight);
+        local
+            .feeds
+            .add_permits(MAX_FEEDS_OPEN - MAX_FEEDS_PER_PRINCIPAL);
+        if let Some(policy) = &policy {
+            let default_share = (max_in_flight / 4).max(1);
+            for principal in policy.by_name.values() {
+                let share = principal.max_in_flight.unwrap_or(default_share);
+                principal.calls.add_permits(share.min(max_in_flight));
+            }
+        }
         Self {
             policy,
-            local: Arc::new(Principal::new(
-                LOCAL_PRINCIPAL.into(),
-                Role::Admin,
-                Scopes::Nationwide,
-                Disclosure::Full,
-                None,
-            )),
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            local,
+            pools: [0, 1].map(|_| Arc::new(Semaphore::new(max_in_flight))),
             max_in_flight,
         }
     }
@@ -316,15 +395,33 @@ impl Access {
         Ok(Caller {
             principal,
             terminal,
+            pool: Pool::of(needs),
         })
     }
 
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Arc<Principal>, AccessError> {
+        if let Some(gate::Authenticated(principal)) = request.extensions().get() {
+            return Ok(Arc::clone(principal));
+        }
+        let certs = request.peer_certs();
+        self.identify(
+            request.metadata().as_ref(),
+            certs.as_deref().map(Vec::as_slice),
+        )
+    }
+
+    /// The principal that a call's headers and its connection's client certificate chain name:
+    /// what the [`GateLayer`] asks before any of the call's body is read.
+    pub fn identify(
+        &self,
+        headers: &tonic::codegen::http::HeaderMap,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+    ) -> Result<Arc<Principal>, AccessError> {
         let Some(policy) = &self.policy else {
             return Ok(Arc::clone(&self.local));
         };
         // A token, when sent, decides: a wrong one is refused even over a good certificate.
-        if let Some(value) = request.metadata().get("authorization") {
+        if let Some(value) = headers.get("authorization") {
             let token = value
                 .to_str()
                 .ok()
@@ -344,7 +441,7 @@ impl Access {
                     )
                 });
         }
-        let Some(chain) = request.peer_certs() else {
+        let Some(chain) = certs else {
             return Err(AccessError::Unauthenticated(
                 "no credentials: present a client certificate, or send authorization: Bearer <token>".into(),
             ));
@@ -364,14 +461,39 @@ impl Access {
             })
     }
 
-    /// Lets a call of `cost` units in, or refuses it: RESOURCE_EXHAUSTED past the caller's rate,
-    /// UNAVAILABLE when the server already answers its limit of calls (shedding load at once
-    /// rather than queueing it). The permit is held until the call is answered.
-    pub fn admit(&self, caller: &Caller, cost: u64) -> Result<OwnedSemaphorePermit, AccessError> {
-        self.pay(caller, cost)?;
-        Arc::clone(&self.in_flight)
+    /// Lets a call of `cost` units in, or refuses it: RESOURCE_EXHAUSTED past the caller's rate
+    /// or its share of calls in flight, UNAVAILABLE when the server already answers its limit of
+    /// calls of the kind (shedding load at once rather than queueing it). Every call costs at
+    /// least one unit, an empty batch included.
+    pub fn admit(&self, caller: &Caller, cost: u64) -> Result<Admission, AccessError> {
+        self.reserve(caller, cost)?.start(self)
+    }
+
+    /// A permit for one more `Watch` or `WatchHits` stream of the caller, held while it is open.
+    pub fn open_feed(&self, caller: &Caller) -> Result<OwnedSemaphorePermit, AccessError> {
+        Arc::clone(&caller.principal.feeds)
             .try_acquire_owned()
-            .map_err(|_| AccessError::Overloaded(self.max_in_flight))
+            .map_err(|_| AccessError::TooManyFeeds {
+                principal: caller.principal.name.clone(),
+            })
+    }
+
+    /// The first half of [`Access::admit`]: the caller's rate and its share of calls in flight.
+    pub fn reserve(&self, caller: &Caller, cost: u64) -> Result<Reserved, AccessError> {
+        self.pay(caller, cost.max(1))?;
+        let principal = &caller.principal;
+        let share = Arc::clone(&principal.calls)
+            .try_acquire_owned()
+            .map_err(|_| AccessError::TooManyCalls {
+                principal: principal.name.clone(),
+                limit: principal
+                    .max_in_flight
+                    .unwrap_or((self.max_in_flight / 4).max(1)),
+            })?;
+        Ok(Reserved {
+            share,
+            pool: caller.pool,
+        })
     }
 
     /// Takes `cost` units from the caller's bucket.
@@ -395,6 +517,19 @@ impl Access {
         while let Err(AccessError::RateLimited { retry_after, .. }) = self.pay(caller, cost) {
             tokio::time::sleep(retry_after).await;
         }
+    }
+}
+
+impl Reserved {
+    /// The second half of [`Access::admit`]: a permit of the call's family.
+    pub fn start(self, access: &Access) -> Result<Admission, AccessError> {
+        let work = Arc::clone(&access.pools[self.pool as usize])
+            .try_acquire_owned()
+            .map_err(|_| AccessError::Overloaded(access.max_in_flight))?;
+        Ok(Admission {
+            _share: self.share,
+            _work: work,
+        })
     }
 }
 
@@ -436,8 +571,15 @@ mod tests {
 
     #[test]
     fn admin_is_granted_every_role_and_others_only_their_own() {
-        let principal =
-            |role| Principal::new("p".into(), role, Scopes::Nationwide, Disclosure::Full, None);
+        let principal = |role| {
+            Principal::new(
+                "p".into(),
+                role,
+                Grant::everything(),
+                Disclosure::Full,
+                None,
+            )
+        };
         for role in [Role::Checker, Role::Reporter, Role::Auditor, Role::Admin] {
             assert!(principal(Role::Admin).grants(Needs::Role(role)));
             assert!(principal(role).grants(Needs::AnyRole));

@@ -9,11 +9,13 @@
 //! name = "icbc-sz-0755"          # a client certificate's subject CN or a DNS SAN
 //! role = "checker"
 //! disclosure = "full"            # "status" (the default for checkers) or "full"
+//! max_in_flight = 64             # its calls answered at once (default: a quarter of the server's)
 //!
 //! [[principal]]
 //! name = "sz-psb-loss-reports"
 //! role = "reporter"
 //! scopes = ["4403"]              # division-code prefixes, or "*" for the whole country
+//! permissions = ["report_loss"]  # report_loss (lost, stolen), issue (issued, revoked), cancel
 //! token_sha256 = ["9f86d0..."]   # bearer tokens, only as SHA-256 hex (`idguard hash-token`)
 //! ```
 
@@ -24,7 +26,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::rate::Rate;
-use super::{Disclosure, Principal, Role, Scopes, TokenDigest};
+use super::{Disclosure, Principal, Role, TokenDigest};
+use crate::registry::{Grant, Permission, Scopes};
 
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +75,11 @@ struct PrincipalEntry {
     role: Role,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default)]
+    permissions: Vec<Permission>,
     disclosure: Option<Disclosure>,
     rate: Option<Rate>,
+    max_in_flight: Option<usize>,
     #[serde(default)]
     token_sha256: Vec<String>,
 }
@@ -194,22 +200,36 @@ fn principal(entry: PrincipalEntry, role_rate: Option<Rate>) -> Result<Principal
         (_, true) => Scopes::Prefixes(Vec::new()),
         (_, false) => return Err("scopes: only a reporter has scopes".into()),
     };
+    let grant = match (entry.role, entry.permissions.is_empty()) {
+        (Role::Reporter, true) => {
+            return Err(
+                "permissions: a reporter needs at least one of report_loss (police \
+                 loss-report units), issue (issuing organs), cancel (household-registration organs)"
+                    .into(),
+            );
+        }
+        (Role::Reporter, false) => Grant::new(scopes, entry.permissions),
+        (Role::Admin, true) => Grant::everything(),
+        (_, true) => Grant::nothing(),
+        (_, false) => return Err("permissions: only a reporter has permissions".into()),
+    };
     let rate = entry
         .rate
         .or(role_rate)
         .or_else(|| default_rate(entry.role));
-    if let Some(rate) = rate
-        && !(rate.per_second > 0.0 && rate.burst >= 1.0)
-    {
-        return Err("rate: per_second must be above 0 and burst at least 1".into());
+    if let Some(rate) = rate {
+        rate.check()?;
     }
     let disclosure = entry.disclosure.unwrap_or(match entry.role {
         Role::Checker => Disclosure::Status,
         _ => Disclosure::Full,
     });
-    Ok(Principal::new(
-        entry.name, entry.role, scopes, disclosure, rate,
-    ))
+    if entry.max_in_flight == Some(0) {
+        return Err("max_in_flight: must be at least 1".into());
+    }
+    let mut principal = Principal::new(entry.name, entry.role, grant, disclosure, rate);
+    principal.max_in_flight = entry.max_in_flight;
+    Ok(principal)
 }
 
 fn scopes(prefixes: Vec<String>) -> Result<Scopes, String> {
@@ -260,6 +280,7 @@ mod tests {
             name = "sz-police"
             role = "reporter"
             scopes = ["4403", "440104"]
+            permissions = ["report_loss", "issue"]
             token_sha256 = ["{}"]
             "#,
             "ab".repeat(32)
@@ -290,6 +311,11 @@ mod tests {
         assert!(!police.may_report_for("440203"));
         assert!(!police.may_report_for("110105"));
         assert!(!hotel.may_report_for("440305"));
+        assert_eq!(
+            police.permissions(),
+            [Permission::ReportLoss, Permission::Issue]
+        );
+        assert!(hotel.permissions().is_empty());
     }
 
     #[test]
@@ -324,11 +350,49 @@ mod tests {
             ),
             "c: name: given twice"
         );
-        assert_eq!(
-            refusal(
-                "[[principal]]\nname = \"c\"\nrole = \"checker\"\nrate = { per_second = 0, burst = 1 }"
+        for (rate, why) in [
+            (
+                "per_second = 0, burst = 1",
+                "per_second must be from 0.01 to 1e12, got 0.0",
             ),
-            "c: rate: per_second must be above 0 and burst at least 1"
+            (
+                "per_second = 1e-300, burst = 1",
+                "per_second must be from 0.01 to 1e12, got 1e-300",
+            ),
+            (
+                "per_second = nan, burst = 1",
+                "per_second must be from 0.01 to 1e12, got NaN",
+            ),
+            (
+                "per_second = 5, burst = 0.5",
+                "burst must be from 1 to 1e12, got 0.5",
+            ),
+            (
+                "per_second = 5, burst = inf",
+                "burst must be from 1 to 1e12, got inf",
+            ),
+        ] {
+            assert_eq!(
+                refusal(&format!(
+                    "[[principal]]\nname = \"c\"\nrole = \"checker\"\nrate = {{ {rate} }}"
+                )),
+                format!("c: rate: {why}")
+            );
+        }
+        assert_eq!(
+            refusal("[[principal]]\nname = \"p\"\nrole = \"reporter\"\nscopes = [\"44\"]"),
+            "p: permissions: a reporter needs at least one of report_loss (police loss-report \
+             units), issue (issuing organs), cancel (household-registration organs)"
+        );
+        assert!(
+            refusal(
+                "[[principal]]\nname = \"p\"\nrole = \"reporter\"\nscopes = [\"44\"]\npermissions = [\"revoke\"]"
+            )
+            .contains("unknown variant `revoke`")
+        );
+        assert_eq!(
+            refusal("[[principal]]\nname = \"c\"\nrole = \"checker\"\npermissions = [\"issue\"]"),
+            "c: permissions: only a reporter has permissions"
         );
     }
 }

@@ -14,6 +14,32 @@ pub struct Rate {
     pub burst: f64,
 }
 
+/// The slowest sustained rate a policy may set (a call every 100 s): below it a wait is no
+/// longer a number of seconds a client can act on.
+const MIN_PER_SECOND: f64 = 0.01;
+/// The largest rate or burst a policy may set: beyond it, it is no limit at all and the bucket's
+/// arithmetic loses precision.
+const MAX_UNITS: f64 = 1e12;
+
+impl Rate {
+    /// Refuses a rate the bucket cannot honour, naming the rule.
+    pub fn check(&self) -> Result<(), String> {
+        if !(MIN_PER_SECOND..=MAX_UNITS).contains(&self.per_second) {
+            return Err(format!(
+                "rate: per_second must be from {MIN_PER_SECOND} to {MAX_UNITS:e}, got {:?}",
+                self.per_second
+            ));
+        }
+        if !(1.0..=MAX_UNITS).contains(&self.burst) {
+            return Err(format!(
+                "rate: burst must be from 1 to {MAX_UNITS:e}, got {:?}",
+                self.burst
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A token bucket that may go into debt: a call is let through whenever the bucket is not in
 /// debt, and pays its whole cost. A batch larger than the burst is therefore answered (once) rather
 /// than refused forever, and the caller then waits for the debt to be paid off at `per_second`.
@@ -56,9 +82,10 @@ impl TokenBucket {
         level.tokens = (level.tokens + elapsed * self.rate.per_second).min(self.rate.burst);
         level.at = now;
         if level.tokens < 0.0 {
-            return Err(Duration::from_secs_f64(
-                -level.tokens / self.rate.per_second,
-            ));
+            // A checked rate keeps this finite; saturate rather than panic all the same.
+            let wait = Duration::try_from_secs_f64(-level.tokens / self.rate.per_second)
+                .unwrap_or(Duration::MAX);
+            return Err(wait);
         }
         level.tokens -= cost as f64;
         Ok(())

@@ -3,8 +3,10 @@
 //! The store persists the state, the index caches which numbers have any, and the gRPC layer only
 //! translates.
 
+pub mod grant;
 pub mod state;
 pub mod verdict;
 
+pub use grant::{Denial, Grant, Permission, Recorder, Scopes};
 pub use state::{CardFact, CitizenState, Entry, Fact};
 pub use verdict::{Reason, Verdict, verdict};

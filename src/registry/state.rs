@@ -31,6 +31,10 @@ pub enum Fact {
     Cancelled,
     /// This entry's event withdrew the entry with sequence `target`.
     Withdrawal { target: u64 },
+    /// This entry's event names the entry with sequence `target` but can never undo it: it was
+    /// accepted before its target arrived, from a principal whose grant did not cover the target
+    /// ([`crate::registry::grant`]). Kept so that the attempt shows in the number's record.
+    RefusedWithdrawal { target: u64 },
 }
 
 /// One accepted event as it bears on this number.
@@ -47,7 +51,11 @@ impl Entry {
     /// Whether the entry invalidates or describes cards now: not withdrawn, and not itself a
     /// withdrawal.
     pub fn in_force(&self) -> bool {
-        self.withdrawn_by.is_none() && !matches!(self.fact, Fact::Withdrawal { .. })
+        self.withdrawn_by.is_none()
+            && !matches!(
+                self.fact,
+                Fact::Withdrawal { .. } | Fact::RefusedWithdrawal { .. }
+            )
     }
 }
 
@@ -86,6 +94,14 @@ impl CitizenState {
         if self.entries.get(at).map(|e| e.sequence) != Some(entry.sequence) {
             self.entries.insert(at, entry);
         }
+    }
+
+    /// Sequences of the withdrawals recorded here that can never undo their target.
+    pub fn refused_withdrawals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries
+            .iter()
+            .filter(|entry| matches!(entry.fact, Fact::RefusedWithdrawal { .. }))
+            .map(|entry| entry.sequence)
     }
 
     /// The cards known for the number, by issue date, each with the stricter of the expiries
@@ -156,6 +172,19 @@ mod tests {
                 .collect::<Vec<_>>(),
             [3, 4, 5]
         );
+    }
+
+    #[test]
+    fn a_refused_withdrawal_is_kept_but_undoes_nothing() {
+        let mut state = CitizenState::default();
+        state.record(lost(3));
+        state.record(Entry {
+            fact: Fact::RefusedWithdrawal { target: 3 },
+            ..lost(4)
+        });
+        assert!(state.entries()[0].in_force());
+        assert!(!state.entries()[1].in_force());
+        assert_eq!(state.refused_withdrawals().collect::<Vec<_>>(), [4]);
     }
 
     #[test]

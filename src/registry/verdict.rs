@@ -109,7 +109,7 @@ fn current_card_verdict(card: &Card, state: Option<&CitizenState>, today: Date) 
                 issued,
                 ..
             } if issued > card.issued => consider(Reason::Superseded, since),
-            Fact::Card { .. } | Fact::Withdrawal { .. } => {}
+            Fact::Card { .. } | Fact::Withdrawal { .. } | Fact::RefusedWithdrawal { .. } => {}
         }
     }
     if let Expiry::On(end) = expiry

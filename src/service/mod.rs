@@ -68,6 +68,9 @@ async fn gather_messages<T>(
 
 /// The longest a call waits for `min_sequence` when the client set no shorter deadline.
 pub const MAX_SEQUENCE_WAIT: Duration = Duration::from_secs(30);
+/// How far beyond this node's sequence a `min_sequence` may be: the events a lagging cluster
+/// node may still have to apply, at most about a second of a national feed.
+pub const MAX_SEQUENCE_LEAD: u64 = 10_000;
 
 /// How long a call may wait for `min_sequence`: until shortly before its own deadline
 /// (`grpc-timeout`), when the transport would turn it into CANCELLED, and never more than
@@ -82,8 +85,17 @@ fn sequence_wait_budget(metadata: &MetadataMap) -> Duration {
 /// Waits until the registry has reached `min_sequence`, or answers DEADLINE_EXCEEDED after
 /// `budget`.
 async fn reach_sequence(store: &Store, min_sequence: u64, budget: Duration) -> Result<(), Status> {
-    if store.sequence() >= min_sequence {
+    let sequence = store.sequence();
+    if sequence >= min_sequence {
         return Ok(());
+    }
+    // Read-your-writes needs a sequence this node is about to reach, not one far ahead: such a
+    // call would only hold a permit for its whole budget.
+    if min_sequence - sequence > MAX_SEQUENCE_LEAD {
+        return Err(Status::out_of_range(format!(
+            "min_sequence: {min_sequence} is more than {MAX_SEQUENCE_LEAD} beyond this node's \
+             sequence {sequence}: send a sequence an accepted event was given"
+        )));
     }
     tokio::time::timeout(budget, store.reached(min_sequence))
         .await
@@ -179,9 +191,16 @@ fn now() -> OffsetDateTime {
 }
 
 impl From<StoreError> for Status {
+    /// The failure goes to the log, under an incident number; the caller gets only the number,
+    /// never a path or RocksDB's text.
     fn from(error: StoreError) -> Self {
-        tracing::error!(%error, "storage failure");
-        Status::internal(format!("storage failure: {error}"))
+        static INCIDENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let incident = INCIDENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(%error, incident, "storage failure");
+        Status::internal(format!(
+            "internal storage failure (incident {incident} in this node's log): nothing may be \
+             concluded from this answer; retry, or ask another node"
+        ))
     }
 }
 
@@ -199,6 +218,7 @@ impl From<ApplyError> for Status {
         match error {
             ApplyError::Invalid(error) => invalid_argument(error),
             ApplyError::Conflict { .. } => Status::already_exists(error.to_string()),
+            ApplyError::Denied(_) => Status::permission_denied(error.to_string()),
             ApplyError::Closed | ApplyError::Unavailable(_) => {
                 Status::unavailable(error.to_string())
             }

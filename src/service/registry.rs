@@ -14,12 +14,12 @@ use crate::access::{Access, Caller, Needs, Role};
 use crate::card::{
     Card, FieldError, PresentedCard, china_today, format_date, parse_registrable_number,
 };
-use crate::event::{EventKind, ValidEvent, validate_event};
+use crate::event::{ValidEvent, validate_event};
 use crate::feed::{self, EventLog, HitLog, Log};
 use crate::ledger::Ledger;
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::registry::verdict;
-use crate::store::{Applied, ApplyError, PendingApply, Store};
+use crate::store::{Applied, ApplyError, PendingApply};
 
 /// Events of one `Submit` stream that may be queued or awaiting durability at once; past that the
 /// stream is not read, so HTTP/2 flow control slows the reporter down.
@@ -47,29 +47,13 @@ impl RegistryService {
     }
 }
 
-/// Validates a wire event and checks that `caller` may report it: INVALID_ARGUMENT naming the
-/// field and rule, or PERMISSION_DENIED for an authority outside the caller's scopes, or for a
-/// withdrawal of an event that another jurisdiction reported.
-async fn admissible(
-    store: &Arc<Store>,
-    caller: &Caller,
-    event: pb::RegistryEvent,
-) -> Result<ValidEvent, Status> {
+/// Validates a wire event and checks that `caller` may send it: INVALID_ARGUMENT naming the field
+/// and rule, or PERMISSION_DENIED for an authority outside the caller's scopes or a kind outside
+/// its permissions. Whether a withdrawal may undo the event it names is decided by the writer,
+/// when the two meet, whichever arrives first.
+fn admissible(caller: &Caller, event: pb::RegistryEvent) -> Result<ValidEvent, Status> {
     let valid = validate_event(event, now()).map_err(invalid_argument)?;
-    caller.may_report_for(&valid.canonical.authority)?;
-    if let EventKind::Withdrawn { target } = &valid.event.kind {
-        let target = target.as_str().to_owned();
-        let reported_by = store.read(move |store| store.authority_of(&target)).await?;
-        if let Some(authority) = reported_by
-            && caller.may_report_for(&authority).is_err()
-        {
-            // The other jurisdiction's authority is theirs to know, not this caller's.
-            return Err(Status::permission_denied(
-                "withdrawn.withdrawn_report_id: the event it names was reported by an authority \
-                 outside this principal's scopes",
-            ));
-        }
-    }
+    caller.may_send(&valid)?;
     Ok(valid)
 }
 
@@ -114,6 +98,7 @@ async fn read_submissions(
     in_flight: mpsc::Sender<InFlight>,
     mut draining: Draining,
 ) {
+    let recorder = caller.principal.recorder();
     loop {
         let received = next_message(
             &mut events,
@@ -126,9 +111,9 @@ async fn read_submissions(
                 // Over its rate, a reporter's stream is slowed down rather than ended.
                 access.pace(&caller, 1).await;
                 let report_id = event.report_id.clone();
-                match admissible(ledger.store(), &caller, event).await {
+                match admissible(&caller, event) {
                     Err(status) => InFlight::Refused(report_id, status),
-                    Ok(valid) => match ledger.enqueue(valid, &caller.principal.name).await {
+                    Ok(valid) => match ledger.enqueue(valid, &recorder).await {
                         Ok(pending) => InFlight::Queued(report_id, pending),
                         Err(error) => InFlight::Refused(report_id, error.into()),
                     },
@@ -170,9 +155,12 @@ impl Registry for RegistryService {
             .access
             .authorize(&request, Needs::Role(Role::Reporter))?;
         let _permit = self.access.admit(&caller, 1)?;
-        let valid = admissible(self.ledger.store(), &caller, request.into_inner()).await?;
+        let valid = admissible(&caller, request.into_inner())?;
         let report_id = valid.event.report_id.as_str().to_owned();
-        let applied = self.ledger.apply(valid, &caller.principal.name).await?;
+        let applied = self
+            .ledger
+            .apply(valid, &caller.principal.recorder())
+            .await?;
         tracing::info!(
             sequence = applied.sequence,
             duplicate = applied.duplicate,
@@ -287,6 +275,7 @@ impl Registry for RegistryService {
             cards,
             events,
             sequence,
+            refused_withdrawals: state.refused_withdrawals().collect(),
         }))
     }
 }
@@ -302,6 +291,7 @@ impl RegistryService {
     ) -> Result<Response<Feed<L::Record>>, Status> {
         let caller = self.access.authorize(request, Needs::Role(Role::Auditor))?;
         drop(self.access.admit(&caller, 1)?);
+        let open = self.access.open_feed(&caller)?;
         let next = log.published() + 1;
         if from > next {
             return Err(Status::out_of_range(format!(
@@ -309,12 +299,11 @@ impl RegistryService {
             )));
         }
         let (records, stream) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(feed::follow(
-            Arc::new(log),
-            from,
-            records,
-            self.draining.clone(),
-        ));
+        let following = feed::follow(Arc::new(log), from, records, self.draining.clone());
+        tokio::spawn(async move {
+            following.await;
+            drop(open);
+        });
         let stream = ReceiverStream::new(stream).map(|record| record.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

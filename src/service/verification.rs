@@ -355,7 +355,7 @@ impl Verification for VerificationService {
         let caller = self
             .access
             .authorize(&request, Needs::Role(Role::Checker))?;
-        let _permit = self.access.admit(&caller, 1)?;
+        let reserved = self.access.reserve(&caller, 1)?;
         let today = china_today(now());
         let wire = request.get_ref();
         let card = check_nonce(&wire.nonce)
@@ -365,7 +365,9 @@ impl Verification for VerificationService {
                 invalid_argument(error)
             })?;
         let budget = sequence_wait_budget(request.metadata());
+        // Waiting costs only the caller's own share of calls in flight.
         reach_sequence(&self.verdicts.store, wire.min_sequence, budget).await?;
+        let _permit = reserved.start(&self.access)?;
         let (verdicts, sequence) = self.verdicts.judge(vec![Ok(card)], today).await?;
         let judged = verdicts
             .into_iter()
@@ -400,7 +402,7 @@ impl Verification for VerificationService {
             )));
         }
         check_nonce(&wire.nonce).map_err(invalid_argument)?;
-        let _permit = self.access.admit(&caller, cards.len() as u64)?;
+        let reserved = self.access.reserve(&caller, cards.len() as u64)?;
         let today = china_today(now());
         let items = cards
             .iter()
@@ -411,6 +413,7 @@ impl Verification for VerificationService {
             .collect();
         let budget = sequence_wait_budget(request.metadata());
         reach_sequence(&self.verdicts.store, wire.min_sequence, budget).await?;
+        let _permit = reserved.start(&self.access)?;
         let (verdicts, sequence) = self.verdicts.judge(items, today).await?;
         let judged = cards
             .iter()

@@ -36,17 +36,17 @@ use time::OffsetDateTime;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::codec::{self, ENTRY_BYTES, ReportSlot};
-use super::writer::{Touches, what_it_touches};
+use super::writer::{ParkedWithdrawal, Touches, what_it_touches};
 use super::{
     CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, STREAM_KEY, StoreError,
     StoreOptions, column_family, family_options, last_sequence, open_db, snapshot, stored_event,
 };
 use crate::card::{CitizenNumber, FieldError, Rule};
-use crate::event::ValidEvent;
+use crate::event::{ReportKey, ValidEvent};
 use crate::extsort::{Runs, Sorter, read_more};
 use crate::index::RecordIndex;
 use crate::proto;
-use crate::registry::{CitizenState, Entry, Fact};
+use crate::registry::{CitizenState, Entry, Fact, Grant};
 
 /// The default column family's key marking an ingestion in progress.
 const INGESTING_KEY: &[u8] = b"idguard.ingesting";
@@ -131,8 +131,8 @@ pub struct BulkLoad {
     memory_bytes: usize,
     /// The clock the events were validated against; also their `recorded_at`.
     now: OffsetDateTime,
-    /// Stored withdrawals whose target had not arrived: target `report_id` → their sequences.
-    waiting_withdrawals: HashMap<Vec<u8>, Vec<u64>>,
+    /// Stored withdrawals whose target had not arrived, by the target's [`ReportKey`].
+    waiting_withdrawals: HashMap<Vec<u8>, Vec<ParkedWithdrawal>>,
     by_report: Sorter,
     by_target: Sorter,
     log: BufWriter<File>,
@@ -204,15 +204,17 @@ impl BulkLoad {
         let ordinal = self.events;
         self.events += 1;
         let canonical = valid.canonical.encode_to_vec();
-        let report_id = valid.event.report_id.as_str().as_bytes();
+        let key = valid.report_key();
+        let report_id = key.as_bytes();
         let (number, head) = match what_it_touches(&valid.event.kind) {
             Touches::Withdrawal(target) => {
+                let target = ReportKey::new(&valid.canonical.authority, target);
                 let mut value = [0u8; 16 + 12];
                 value[..16]
                     .copy_from_slice(&valid.event.occurred_at.unix_timestamp_nanos().to_be_bytes());
                 value[16..].copy_from_slice(&origin.encode());
                 self.by_target
-                    .push(&ordinal_key(target.as_str().as_bytes(), ordinal), &value)
+                    .push(&ordinal_key(target.as_bytes(), ordinal), &value)
                     .map_err(sort_error)?;
                 (0, Vec::new())
             }
@@ -233,7 +235,9 @@ impl BulkLoad {
     }
 
     /// The spooled head of a card event: its number, its entry, and the entries of stored
-    /// withdrawals that were waiting for it (their sequences to be filled in by step 4).
+    /// withdrawals that were waiting for it (their target's sequence to be filled in by step 4):
+    /// each undoes it if its grant covers it, and is kept as refused otherwise, as the writer
+    /// does.
     fn card_head(
         &self,
         report_id: &[u8],
@@ -250,12 +254,17 @@ impl BulkLoad {
             fact,
             withdrawn_by: None,
         }));
-        for &sequence in waiting.into_iter().flatten() {
+        for withdrawal in waiting.into_iter().flatten() {
+            // The target is this event, whose sequence step 4 fills in.
+            let fact = if withdrawal.grant.may_withdraw(&valid.canonical) {
+                Fact::Withdrawal { target: u64::MAX }
+            } else {
+                Fact::RefusedWithdrawal { target: u64::MAX }
+            };
             head.extend_from_slice(&codec::encode_entry(&Entry {
-                sequence,
-                occurred_at: codec::occurred_at(&stored_event(&self.db, sequence)?)?,
-                // The target is this event, whose sequence step 4 fills in.
-                fact: Fact::Withdrawal { target: u64::MAX },
+                sequence: withdrawal.sequence,
+                occurred_at: codec::occurred_at(&stored_event(&self.db, withdrawal.sequence)?)?,
+                fact,
                 withdrawn_by: None,
             }));
         }
@@ -444,7 +453,7 @@ impl Collected {
                 }
             };
             dropped.insert(ordinal);
-            let report_id = String::from_utf8_lossy(report_id).into_owned();
+            let report_id = String::from_utf8_lossy(&report_id[2..]).into_owned();
             match *first {
                 First::Stored { hash: h, .. } | First::Imported { hash: h, .. } if h == hash => {
                     summary.duplicates += 1;
@@ -587,17 +596,25 @@ impl Collected {
             let Some(sequence) = sequences.of(ordinal) else {
                 continue;
             };
-            encode_change(sequence, &canonical, &recorded_at, &mut change);
+            encode_change(
+                sequence,
+                &canonical,
+                &recorded_at,
+                head.is_empty(),
+                &mut change,
+            );
             ssts.put(&codec::sequence_key(sequence), &change)?;
             // A withdrawal's head is empty: its entry comes from its link below.
             if let Some((number, stated)) = head.split_first_chunk::<8>() {
                 let number = u64::from_be_bytes(*number);
                 for (n, bytes) in stated.chunks_exact(ENTRY_BYTES).enumerate() {
                     let mut entry = decode_spooled_entry(bytes)?;
-                    if n == 0 {
-                        entry.sequence = sequence;
-                    } else {
-                        entry.fact = Fact::Withdrawal { target: sequence };
+                    match &mut entry.fact {
+                        _ if n == 0 => entry.sequence = sequence,
+                        Fact::Withdrawal { target } | Fact::RefusedWithdrawal { target } => {
+                            *target = sequence;
+                        }
+                        _ => return Err(corrupt_spool("a waiting withdrawal's entry")),
                     }
                     entries.push(number, &entry)?;
                 }
@@ -671,9 +688,11 @@ impl Collected {
                 .ok_or_else(|| corrupt_spool("a waiting withdrawal that did not enter"))?;
             keys.push(&codec::withdrawal_key(&target, sequence), &[])?;
         }
+        // The import is the operator's: its withdrawals may undo anything.
+        let grant = codec::encode_grant(&Grant::everything());
         let mut ssts = SstFiles::new(sst_options, &self.work, CF_WITHDRAWALS);
         keys.finish()?
-            .merge(|key, _| -> Result<(), StoreError> { ssts.put(key, &[]) })?;
+            .merge(|key, _| -> Result<(), StoreError> { ssts.put(key, &grant) })?;
         ssts.finish()
     }
 
@@ -1075,13 +1094,17 @@ pub(super) fn finish_interrupted_ingestion(data_dir: &Path, db: &DB) -> Result<(
 }
 
 /// The stored withdrawals still waiting for their target, by target.
-fn waiting_withdrawals(db: &DB) -> Result<HashMap<Vec<u8>, Vec<u64>>, StoreError> {
-    let mut waiting: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+fn waiting_withdrawals(db: &DB) -> Result<HashMap<Vec<u8>, Vec<ParkedWithdrawal>>, StoreError> {
+    let mut waiting: HashMap<Vec<u8>, Vec<ParkedWithdrawal>> = HashMap::new();
     let mut keys = db.raw_iterator_cf(column_family(db, CF_WITHDRAWALS));
     keys.seek_to_first();
-    while let Some(key) = keys.key() {
+    while let (Some(key), Some(value)) = (keys.key(), keys.value()) {
         let (target, sequence) = codec::decode_withdrawal_key(key)?;
-        waiting.entry(target.to_vec()).or_default().push(sequence);
+        let grant = codec::decode_grant(value)?;
+        waiting
+            .entry(target.to_vec())
+            .or_default()
+            .push(ParkedWithdrawal { sequence, grant });
         keys.next();
     }
     keys.status()?;
@@ -1109,6 +1132,7 @@ fn encode_change(
     sequence: u64,
     canonical: &[u8],
     recorded_at: &prost_types::Timestamp,
+    withdrawal: bool,
     out: &mut Vec<u8>,
 ) {
     use prost::encoding::{WireType, encode_key, encode_varint};
@@ -1121,6 +1145,10 @@ fn encode_change(
     encode_key(4, WireType::LengthDelimited, out);
     encode_varint(IMPORT_PRINCIPAL.len() as u64, out);
     out.extend_from_slice(IMPORT_PRINCIPAL.as_bytes());
+    if withdrawal {
+        // As the writer records a withdrawal: with its sender's grant, here the operator's.
+        prost::encoding::message::encode(5, &Grant::everything().to_wire(), out);
+    }
 }
 
 /// Writes a record as a `u32` head length, the head, a `u32` body length and the body.
@@ -1163,16 +1191,25 @@ mod tests {
             seconds: 1_800_000_000,
             nanos: 5,
         };
-        let mut ours = Vec::new();
-        encode_change(300, &event.encode_to_vec(), &recorded_at, &mut ours);
-        let theirs = pb::RegistryChange {
-            sequence: 300,
-            event: Some(event),
-            recorded_at: Some(recorded_at),
-            recorded_by: IMPORT_PRINCIPAL.into(),
+        for withdrawal in [false, true] {
+            let mut ours = Vec::new();
+            encode_change(
+                300,
+                &event.encode_to_vec(),
+                &recorded_at,
+                withdrawal,
+                &mut ours,
+            );
+            let theirs = pb::RegistryChange {
+                sequence: 300,
+                event: Some(event.clone()),
+                recorded_at: Some(recorded_at),
+                recorded_by: IMPORT_PRINCIPAL.into(),
+                grant: withdrawal.then(|| Grant::everything().to_wire()),
+            }
+            .encode_to_vec();
+            assert_eq!(ours, theirs);
         }
-        .encode_to_vec();
-        assert_eq!(ours, theirs);
     }
 
     #[test]

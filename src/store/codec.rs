@@ -6,7 +6,7 @@ use time::{Date, OffsetDateTime};
 
 use crate::card::{CitizenNumber, Expiry};
 use crate::proto::v1 as pb;
-use crate::registry::{CardFact, CitizenState, Entry, Fact};
+use crate::registry::{CardFact, CitizenState, Entry, Fact, Grant};
 
 /// A stored value the code cannot read: the data dir is damaged or from an unknown version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +142,17 @@ pub fn decode_withdrawal_key(key: &[u8]) -> Result<(&[u8], u64), Corrupt> {
     Ok((target, decode_sequence(sequence)?))
 }
 
+/// A parked withdrawal's value: its sender's grant, as the log records it (protobuf).
+pub fn encode_grant(grant: &Grant) -> Vec<u8> {
+    grant.to_wire().encode_to_vec()
+}
+
+/// Decodes what [`encode_grant`] wrote.
+pub fn decode_grant(bytes: &[u8]) -> Result<Grant, Corrupt> {
+    let wire: pb::Grant = decode_record("withdrawal grant", bytes)?;
+    Ok(Grant::from_wire(Some(&wire)))
+}
+
 fn day_number(day: Date) -> i32 {
     day.to_julian_day()
 }
@@ -179,6 +190,7 @@ pub fn encode_entry(entry: &Entry) -> [u8; ENTRY_BYTES] {
         }
         Fact::Cancelled => (4, 0, Expiry::Unknown, entry.withdrawn_by),
         Fact::Withdrawal { target } => (5, 0, Expiry::Unknown, Some(target)),
+        Fact::RefusedWithdrawal { target } => (6, 0, Expiry::Unknown, Some(target)),
     };
     let (expiry_tag, expiry_day) = match expiry {
         Expiry::Unknown => (0u8, 0),
@@ -246,6 +258,12 @@ pub fn decode_entry(chunk: &[u8]) -> Result<Entry, String> {
         4 => (Fact::Cancelled, link),
         5 => (
             Fact::Withdrawal {
+                target: link.ok_or("withdrawal without a target")?,
+            },
+            None,
+        ),
+        6 => (
+            Fact::RefusedWithdrawal {
                 target: link.ok_or("withdrawal without a target")?,
             },
             None,

@@ -32,10 +32,10 @@ use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::card::{CitizenNumber, FieldError};
-use crate::event::ValidEvent;
+use crate::event::{ReportKey, ValidEvent};
 use crate::index::RecordIndex;
 use crate::proto::v1 as pb;
-use crate::registry::CitizenState;
+use crate::registry::{CitizenState, Denial, Recorder};
 
 pub use backup::{registry_sequence, restore};
 pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
@@ -110,10 +110,19 @@ pub enum ApplyError {
     /// The event breaks a rule that depends on what is already registered.
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// The `report_id` is taken in its province; the sequence of the event holding it only when
+    /// that event is inside the sender's scopes.
     #[error(
-        "report_id {report_id:?} was already accepted with different content (sequence {sequence})"
+        "report_id {report_id:?} was already accepted with different content{}",
+        sequence.map(|sequence| format!(" (sequence {sequence})")).unwrap_or_default()
     )]
-    Conflict { report_id: String, sequence: u64 },
+    Conflict {
+        report_id: String,
+        sequence: Option<u64>,
+    },
+    /// The sender's grant does not cover the event.
+    #[error(transparent)]
+    Denied(#[from] Denial),
     #[error("the registry is shutting down")]
     Closed,
     /// A cluster node could not get the event into the shared stream, or not applied here in
@@ -343,12 +352,12 @@ impl Store {
     pub async fn enqueue(
         &self,
         event: ValidEvent,
-        recorded_by: &str,
+        recorder: &Recorder,
     ) -> Result<PendingApply, ApplyError> {
         if let Some(stream) = self.stream() {
             return Err(ApplyError::FollowsStream(stream.to_owned()));
         }
-        self.submit(Ok(event), recorded_by, Placement::Next).await
+        self.submit(Ok(event), recorder, Placement::Next).await
     }
 
     /// Queues the event that the cluster stream holds at `sequence`, published at `recorded_at`,
@@ -358,7 +367,7 @@ impl Store {
     pub async fn enqueue_from_stream(
         &self,
         event: Result<ValidEvent, ApplyError>,
-        recorded_by: &str,
+        recorder: &Recorder,
         sequence: u64,
         recorded_at: OffsetDateTime,
     ) -> Result<PendingApply, ApplyError> {
@@ -366,13 +375,13 @@ impl Store {
             sequence,
             recorded_at,
         };
-        self.submit(event, recorded_by, placement).await
+        self.submit(event, recorder, placement).await
     }
 
     async fn submit(
         &self,
         event: Result<ValidEvent, ApplyError>,
-        recorded_by: &str,
+        recorder: &Recorder,
         placement: Placement,
     ) -> Result<PendingApply, ApplyError> {
         let writer = self.writer.as_ref().ok_or(ApplyError::Closed)?;
@@ -380,7 +389,7 @@ impl Store {
         writer
             .send(writer::Submission {
                 event,
-                recorded_by: recorded_by.to_owned(),
+                recorder: recorder.clone(),
                 placement,
                 reply,
             })
@@ -425,10 +434,14 @@ impl Store {
         Ok(())
     }
 
-    /// Applies one validated event sent by `recorded_by`; resolves once it is durable and visible
+    /// Applies one validated event sent by `recorder`; resolves once it is durable and visible
     /// to checks.
-    pub async fn apply(&self, event: ValidEvent, recorded_by: &str) -> Result<Applied, ApplyError> {
-        self.enqueue(event, recorded_by).await?.outcome().await
+    pub async fn apply(
+        &self,
+        event: ValidEvent,
+        recorder: &Recorder,
+    ) -> Result<Applied, ApplyError> {
+        self.enqueue(event, recorder).await?.outcome().await
     }
 
     /// Resolves once the published sequence is at least `sequence`.
@@ -532,20 +545,13 @@ impl Store {
             .collect()
     }
 
-    /// The `authority` of the accepted event with this `report_id`, if there is one. Blocking.
-    pub fn authority_of(&self, report_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .change_of(report_id)?
-            .and_then(|change| change.event)
-            .map(|event| event.authority))
-    }
-
-    /// The accepted event with this `report_id`, as recorded, if there is one. Blocking.
-    pub fn change_of(&self, report_id: &str) -> Result<Option<pb::RegistryChange>, StoreError> {
+    /// The accepted event whose `report_id` lives at `key`, as recorded, if there is one.
+    /// Blocking.
+    pub fn change_of(&self, key: &ReportKey) -> Result<Option<pb::RegistryChange>, StoreError> {
         let Some(slot) = self
             .shared
             .db
-            .get_pinned_cf(self.shared.cf(CF_REPORTS), report_id)?
+            .get_pinned_cf(self.shared.cf(CF_REPORTS), key.as_bytes())?
         else {
             return Ok(None);
         };
@@ -599,7 +605,7 @@ impl Drop for Store {
 /// The default column family's key for the schema version of the data dir.
 const SCHEMA_KEY: &[u8] = b"idguard.schema";
 /// The layout of keys and values this code reads and writes (`codec`).
-const SCHEMA_VERSION: &[u8] = b"1";
+const SCHEMA_VERSION: &[u8] = b"2";
 /// The default column family's key for the name of the cluster stream the registry follows.
 const STREAM_KEY: &[u8] = b"idguard.stream";
 /// The default column family's key for the last stream sequence applied, written in the same

@@ -21,9 +21,9 @@ use super::{
     StoreError,
 };
 use crate::card::{Card, CitizenNumber, FieldError, Rule};
-use crate::event::{EventKind, Loss, ReportId, ValidEvent};
+use crate::event::{EventKind, Loss, ReportId, ReportKey, ValidEvent};
 use crate::proto::{self, v1 as pb};
-use crate::registry::{CardFact, CitizenState, Entry, Fact};
+use crate::registry::{CardFact, CitizenState, Denial, Entry, Fact, Grant, Recorder};
 
 /// The most submissions committed by one WAL sync.
 const MAX_GROUP: usize = 1024;
@@ -56,8 +56,8 @@ pub(super) struct Submission {
     /// The event, or why a stream message could not be read as one: such a message registers
     /// nothing, but a cluster node has still applied the stream up to it.
     pub event: Result<ValidEvent, ApplyError>,
-    /// The principal that sent it.
-    pub recorded_by: String,
+    /// The principal that sent it, and what it was allowed.
+    pub recorder: Recorder,
     pub placement: Placement,
     pub reply: oneshot::Sender<Result<Applied, ApplyError>>,
 }
@@ -90,13 +90,14 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     let outcomes: Vec<_> = group
         .iter()
         .map(|submission| match &submission.event {
-            Ok(valid) => overlay.apply(valid, &submission.recorded_by, submission.placement),
+            Ok(valid) => overlay.apply(valid, &submission.recorder, submission.placement),
             Err(refusal) => overlay
                 .place(submission.placement)
                 .and_then(|_| Err(refusal.clone())),
         })
         .collect();
     let last = overlay.next_sequence - 1;
+    let refused_withdrawals = overlay.refused_withdrawals;
     let (batch, touched, changes) = overlay.into_batch();
     let written = if batch.is_empty() {
         Ok(())
@@ -119,6 +120,7 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
                 metrics::counter!("idguard_events_total", "kind" => kind, "outcome" => outcome)
                     .increment(1);
             }
+            metrics::counter!("idguard_withdrawals_refused_total").increment(refused_withdrawals);
             // Visible to checks (index, then sequence) and to watchers before anyone is told.
             shared.index.insert(touched);
             shared.sequence.store(last, Ordering::Release);
@@ -155,10 +157,12 @@ struct Overlay<'a> {
     next_sequence: u64,
     recorded_at: OffsetDateTime,
     events: BTreeMap<u64, pb::RegistryChange>,
-    reports: HashMap<ReportId, ReportSlot>,
+    reports: HashMap<ReportKey, ReportSlot>,
     citizens: HashMap<CitizenNumber, CitizenState>,
     /// Withdrawals accepted in this group whose target is not registered yet.
-    pending_withdrawals: Vec<(ReportId, u64)>,
+    pending_withdrawals: Vec<(ReportKey, ParkedWithdrawal)>,
+    /// Withdrawals found in this group never to apply to the target they name.
+    refused_withdrawals: u64,
     /// The last stream sequence this group applies, for a cluster node.
     stream_position: Option<u64>,
 }
@@ -173,18 +177,19 @@ impl<'a> Overlay<'a> {
             reports: HashMap::new(),
             citizens: HashMap::new(),
             pending_withdrawals: Vec::new(),
+            refused_withdrawals: 0,
             stream_position: None,
         }
     }
 
-    fn report(&self, id: &ReportId) -> Result<Option<ReportSlot>, StoreError> {
-        if let Some(slot) = self.reports.get(id) {
+    fn report(&self, key: &ReportKey) -> Result<Option<ReportSlot>, StoreError> {
+        if let Some(slot) = self.reports.get(key) {
             return Ok(Some(*slot));
         }
         let stored = self
             .shared
             .db
-            .get_pinned_cf(self.shared.cf(CF_REPORTS), id.as_str())?;
+            .get_pinned_cf(self.shared.cf(CF_REPORTS), key.as_bytes())?;
         Ok(stored.map(|bytes| ReportSlot::decode(&bytes)).transpose()?)
     }
 
@@ -210,25 +215,28 @@ impl<'a> Overlay<'a> {
         Ok(self.citizens.entry(number).or_default())
     }
 
-    /// Sequences of the withdrawals naming `target`, stored or in this group.
-    fn withdrawals_of(&self, target: &ReportId) -> Result<Vec<u64>, StoreError> {
-        let prefix = codec::withdrawal_prefix(target.as_str().as_bytes());
+    /// The withdrawals waiting for `target`, stored or in this group.
+    fn withdrawals_of(&self, target: &ReportKey) -> Result<Vec<ParkedWithdrawal>, StoreError> {
+        let prefix = codec::withdrawal_prefix(target.as_bytes());
         let cf = self.shared.cf(CF_WITHDRAWALS);
-        let mut sequences = Vec::new();
+        let mut parked = Vec::new();
         for item in self.shared.db.prefix_iterator_cf(cf, &prefix) {
-            let (key, _) = item?;
+            let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
             }
-            sequences.push(codec::decode_sequence(&key[prefix.len()..])?);
+            parked.push(ParkedWithdrawal {
+                sequence: codec::decode_sequence(&key[prefix.len()..])?,
+                grant: codec::decode_grant(&value)?,
+            });
         }
-        sequences.extend(
+        parked.extend(
             self.pending_withdrawals
                 .iter()
                 .filter(|(pending, _)| pending == target)
-                .map(|(_, sequence)| *sequence),
+                .map(|(_, withdrawal)| withdrawal.clone()),
         );
-        Ok(sequences)
+        Ok(parked)
     }
 
     /// The sequence and recording time of the next event placed so. A stream message must be the
@@ -258,43 +266,53 @@ impl<'a> Overlay<'a> {
     fn apply(
         &mut self,
         valid: &ValidEvent,
-        recorded_by: &str,
+        recorder: &Recorder,
         placement: Placement,
     ) -> Result<Applied, ApplyError> {
         let (sequence, recorded_at) = self.place(placement)?;
         let event = &valid.event;
-        if let Some(slot) = self.report(&event.report_id)? {
+        let key = valid.report_key();
+        if let Some(slot) = self.report(&key)? {
             let original = self.event(slot.sequence)?;
-            return if original.event.as_ref() == Some(&valid.canonical) {
-                Ok(Applied {
+            return match original.event {
+                Some(original) if original == valid.canonical => Ok(Applied {
                     sequence: slot.sequence,
                     duplicate: true,
-                })
-            } else {
-                Err(ApplyError::Conflict {
+                }),
+                original => Err(ApplyError::Conflict {
                     report_id: event.report_id.as_str().to_owned(),
-                    sequence: slot.sequence,
-                })
+                    // Another jurisdiction's event is not this reporter's to locate.
+                    sequence: original
+                        .filter(|original| recorder.grant.scopes.cover(&original.authority))
+                        .map(|_| slot.sequence),
+                }),
             };
         }
-        match what_it_touches(&event.kind) {
-            Touches::Withdrawal(target) => self.withdraw(sequence, valid, target)?,
-            Touches::Number(number, fact) => self.register(sequence, valid, number, fact)?,
-        }
+        let grant = match what_it_touches(&event.kind) {
+            Touches::Withdrawal(target) => {
+                self.withdraw(sequence, valid, target, &recorder.grant)?;
+                Some(recorder.grant.to_wire())
+            }
+            Touches::Number(number, fact) => {
+                self.register(sequence, valid, number, fact)?;
+                None
+            }
+        };
         self.events.insert(
             sequence,
             pb::RegistryChange {
                 sequence,
                 event: Some(valid.canonical.clone()),
                 recorded_at: Some(proto::timestamp(recorded_at)),
-                recorded_by: recorded_by.to_owned(),
+                recorded_by: recorder.principal.clone(),
+                grant,
             },
         );
         let slot = ReportSlot {
             sequence,
             number: event.number(),
         };
-        self.reports.insert(event.report_id.clone(), slot);
+        self.reports.insert(key, slot);
         self.next_sequence = sequence + 1;
         Ok(Applied {
             sequence,
@@ -302,7 +320,8 @@ impl<'a> Overlay<'a> {
         })
     }
 
-    /// Records an event about a number, together with any withdrawals of it that arrived first.
+    /// Records an event about a number, together with the withdrawals of it that arrived first:
+    /// each undoes it if its grant covers it, and is kept as refused otherwise.
     fn register(
         &mut self,
         sequence: u64,
@@ -316,11 +335,17 @@ impl<'a> Overlay<'a> {
             fact,
             withdrawn_by: None,
         }];
-        for withdrawal in self.withdrawals_of(&valid.event.report_id)? {
+        for withdrawal in self.withdrawals_of(&valid.report_key())? {
+            let fact = if withdrawal.grant.may_withdraw(&valid.canonical) {
+                Fact::Withdrawal { target: sequence }
+            } else {
+                self.refused_withdrawals += 1;
+                Fact::RefusedWithdrawal { target: sequence }
+            };
             entries.push(Entry {
-                sequence: withdrawal,
-                occurred_at: self.occurred_at(withdrawal)?,
-                fact: Fact::Withdrawal { target: sequence },
+                sequence: withdrawal.sequence,
+                occurred_at: self.occurred_at(withdrawal.sequence)?,
+                fact,
                 withdrawn_by: None,
             });
         }
@@ -331,16 +356,36 @@ impl<'a> Overlay<'a> {
         Ok(())
     }
 
-    /// Records a withdrawal against its target's number, or keeps it pending until the target
-    /// arrives.
+    /// Records a withdrawal against its target's number, or keeps it (with the withdrawer's
+    /// grant) until the target arrives. Refused when it names a withdrawal or an event outside
+    /// the grant. A withdrawal is never withdrawn, whichever comes first (`DOMAIN.md` §3): one
+    /// that named this one before it arrived is refused now, in the count of refused
+    /// withdrawals, as it was acknowledged already; this one applies as it would have anyway, so
+    /// that the order of arrival changes nothing.
     fn withdraw(
         &mut self,
         sequence: u64,
         valid: &ValidEvent,
         target: &ReportId,
+        grant: &Grant,
     ) -> Result<(), ApplyError> {
-        let Some(slot) = self.report(target)? else {
-            self.pending_withdrawals.push((target.clone(), sequence));
+        for earlier in self.withdrawals_of(&valid.report_key())? {
+            tracing::warn!(
+                withdrawal = earlier.sequence,
+                names = sequence,
+                "a withdrawal named a withdrawal before it arrived: it is refused and undoes nothing"
+            );
+            self.refused_withdrawals += 1;
+        }
+        let key = ReportKey::new(&valid.canonical.authority, target);
+        let Some(slot) = self.report(&key)? else {
+            self.pending_withdrawals.push((
+                key,
+                ParkedWithdrawal {
+                    sequence,
+                    grant: grant.clone(),
+                },
+            ));
             return Ok(());
         };
         let Some(number) = slot.number else {
@@ -350,6 +395,10 @@ impl<'a> Overlay<'a> {
             )
             .into());
         };
+        let target_event = self.event(slot.sequence)?.event.unwrap_or_default();
+        if !grant.may_withdraw(&target_event) {
+            return Err(Denial::TargetOutside.into());
+        }
         self.citizen(number)?.record(Entry {
             sequence,
             occurred_at: valid.event.occurred_at,
@@ -377,14 +426,14 @@ impl<'a> Overlay<'a> {
                 change.encode_to_vec(),
             );
         }
-        for (id, slot) in &self.reports {
-            batch.put_cf(shared.cf(CF_REPORTS), id.as_str(), slot.encode());
+        for (key, slot) in &self.reports {
+            batch.put_cf(shared.cf(CF_REPORTS), key.as_bytes(), slot.encode());
         }
-        for (target, sequence) in &self.pending_withdrawals {
+        for (target, withdrawal) in &self.pending_withdrawals {
             batch.put_cf(
                 shared.cf(CF_WITHDRAWALS),
-                codec::withdrawal_key(target.as_str().as_bytes(), *sequence),
-                [],
+                codec::withdrawal_key(target.as_bytes(), withdrawal.sequence),
+                codec::encode_grant(&withdrawal.grant),
             );
         }
         if let Some(position) = self.stream_position {
@@ -403,6 +452,14 @@ impl<'a> Overlay<'a> {
         }
         (batch, touched, self.events.into_values().collect())
     }
+}
+
+/// A withdrawal accepted before the event it names, waiting for it with what its sender was
+/// allowed.
+#[derive(Debug, Clone)]
+pub(super) struct ParkedWithdrawal {
+    pub sequence: u64,
+    pub grant: Grant,
 }
 
 /// What an event registers: a fact about a number, or a withdrawal of another event.
@@ -470,7 +527,8 @@ mod tests {
         event: Result<ValidEvent, ApplyError>,
         sequence: u64,
     ) -> Result<Applied, ApplyError> {
-        let pending = store.enqueue_from_stream(event, "node-a", sequence, AT);
+        let recorder = Recorder::trusted("node-a");
+        let pending = store.enqueue_from_stream(event, &recorder, sequence, AT);
         pending.await?.outcome().await
     }
 
@@ -492,7 +550,11 @@ mod tests {
         let retry = from_stream(&store, Ok(loss("r-1")), 3).await.unwrap();
         assert_eq!((retry.sequence, retry.duplicate), (1, true));
         assert_eq!(store.sequence(), 3);
-        let local = store.enqueue(loss("r-4"), "local").await.err().unwrap();
+        let local = store
+            .enqueue(loss("r-4"), &Recorder::trusted("local"))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(local, ApplyError::FollowsStream(_)), "{local}");
         drop(store);
 
