@@ -82,6 +82,10 @@ pub struct ServeConfig {
     #[arg(long, env = "IDGUARD_CLUSTER_DEDUP_WINDOW", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_dedup_window: u64,
+    /// The stream keys (TOML): this node's Ed25519 key, which signs every event it publishes,
+    /// and the public keys of the nodes whose events it applies. Required with `--cluster`.
+    #[arg(long, env = "IDGUARD_CLUSTER_KEYS")]
+    pub cluster_keys: Option<PathBuf>,
 }
 
 /// Why a configuration file was refused.

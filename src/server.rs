@@ -355,6 +355,40 @@ impl StartupServer {
     }
 }
 
+/// How often health follows whether the store can write.
+const WRITABILITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Fails closed, loudly: while the store cannot write (a full or failing disk, RocksDB's
+/// background-error state), health is NOT_SERVING, so that load balancers send checks to a node
+/// that can record hits; a probe write each second finds out when it can again. Stops when the
+/// server drains, which reports NOT_SERVING itself.
+async fn report_writability(
+    store: Arc<Store>,
+    health: HealthReporter,
+    draining: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(WRITABILITY_CHECK);
+    while !*draining.borrow() {
+        ticks.tick().await;
+        let writable = store.writable() || store.read(|store| store.probe_write()).await.is_ok();
+        metrics::gauge!("idguard_store_writable").set(f64::from(u8::from(writable)));
+        if writable != serving && !*draining.borrow() {
+            serving = writable;
+            if writable {
+                tracing::warn!("the registry can write again: health is SERVING");
+                report_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::error!(
+                    "the registry cannot write (see the errors above): health is NOT_SERVING until \
+                     a probe write succeeds"
+                );
+                report_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
 /// Serves every service on `listener` until `shutdown` resolves, then finishes the calls in
 /// flight. Health turns NOT_SERVING first, so that load balancers stop sending calls; then
 /// long-lived streams are told to end, so that shutdown does not wait for clients that never hang
@@ -369,6 +403,11 @@ pub async fn serve(
     let (start_draining, draining) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, ServingStatus::Serving).await;
+    tokio::spawn(report_writability(
+        Arc::clone(&store),
+        health.clone(),
+        draining.clone(),
+    ));
     let shutdown = async move {
         shutdown.await;
         report_health(&health, ServingStatus::NotServing).await;

@@ -20,6 +20,20 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Publishes `payload` on the stream's subject with `headers`, as any NATS client allowed to
+    /// could, bypassing every node.
+    async fn publish_raw(&self, headers: async_nats::HeaderMap, payload: Vec<u8>) {
+        let urls = self.nats.urls();
+        let first = urls.split(',').next().unwrap();
+        let jetstream = async_nats::jetstream::new(async_nats::connect(first).await.unwrap());
+        jetstream
+            .publish_with_headers("REGISTRY.events", headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
     fn start(extra: &[&str]) -> Self {
         let nats = NatsCluster::start(3);
         let dirs = tempfile::tempdir().unwrap();
@@ -142,7 +156,9 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
     registry.apply(loss("S-", 1)).await.unwrap();
     drop(server);
     // Refused before NATS is needed: nothing listens there.
-    let with_cluster = ["--cluster", "nats://127.0.0.1:9"];
+    let keys = common::nats::stream_keys(dirs.path());
+    let keys = keys.to_str().unwrap();
+    let with_cluster = ["--cluster", "nats://127.0.0.1:9", "--cluster-keys", keys];
     let message = common::serve_refusal(&single, &with_cluster);
     assert!(
         message.contains("holds 1 events recorded by a single node"),
@@ -398,15 +414,12 @@ async fn a_withdrawal_on_the_stream_undoes_only_what_its_recorded_grant_covers()
             permissions: vec!["report_loss".into()],
         }),
     };
-    let urls = cluster.nats.urls();
-    let first_server = urls.split(',').next().unwrap();
-    let jetstream = async_nats::jetstream::new(async_nats::connect(first_server).await.unwrap());
-    jetstream
-        .publish("REGISTRY.events", change.encode_to_vec().into())
-        .await
-        .unwrap()
-        .await
+    let payload = change.encode_to_vec();
+    let keys = idguard::cluster::StreamKeys::read(&common::nats::stream_keys(cluster._dirs.path()))
         .unwrap();
+    cluster
+        .publish_raw(keys.seal("REGISTRY", &payload), payload)
+        .await;
     // Guangzhou's theft report arrives through another node.
     let mut theft = loss("gz-000", 1);
     theft.authority = "440103".into();
@@ -433,5 +446,58 @@ async fn a_withdrawal_on_the_stream_undoes_only_what_its_recorded_grant_covers()
             .unwrap()
             .into_inner();
         assert_eq!(record.refused_withdrawals, [target - 1]);
+    }
+}
+
+/// What a NATS client that may publish on the subject sends without a trusted node's signature is
+/// refused by every node, loudly, and registers nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_message_without_a_trusted_signature_is_refused_by_every_node() {
+    use prost::Message;
+    let cluster = Cluster::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let first = cluster.nodes[0]
+        .apply(loss("F-", 0))
+        .await
+        .unwrap()
+        .sequence;
+    let mut forged = loss("F-", 1);
+    forged.authority = "110105".into();
+    let change = pb::RegistryChange {
+        sequence: 0,
+        event: Some(forged),
+        recorded_at: common::at(time::OffsetDateTime::now_utc()),
+        recorded_by: "ops".into(),
+        grant: None,
+    };
+    let payload = change.encode_to_vec();
+    // Unsigned, then signed by a key no node trusts.
+    cluster
+        .publish_raw(async_nats::HeaderMap::new(), payload.clone())
+        .await;
+    let stranger = tempfile::tempdir().unwrap();
+    let stranger_keys =
+        idguard::cluster::StreamKeys::read(&common::nats::stream_keys(stranger.path())).unwrap();
+    cluster
+        .publish_raw(stranger_keys.seal("REGISTRY", &payload), payload)
+        .await;
+    let last = cluster.nodes[1]
+        .apply(loss("F-", 2))
+        .await
+        .unwrap()
+        .sequence;
+    assert_eq!(last, first + 3, "the forged messages took stream sequences");
+    let log = cluster.identical_logs_through(last).await;
+    assert_eq!(report_ids(&log), ["F-0", "F-2"]);
+    for node in &cluster.nodes {
+        let metrics = common::scrape(node.metrics.as_ref().unwrap());
+        assert_eq!(
+            common::sample(&metrics, "idguard_cluster_messages_refused_total"),
+            2.0
+        );
+        let log = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap();
+        assert!(
+            log.contains("refused a cluster stream message that fails verification"),
+            "not logged"
+        );
     }
 }

@@ -645,3 +645,133 @@ fn stolen_report() -> (String, pb::RegistryEvent) {
     report.authority = "440305".into();
     (stolen, report)
 }
+
+/// A small file system of its own for a data dir, mounted by the test and unmounted (with its
+/// contents gone) when dropped: a disk that can be filled up in a test.
+struct SmallDisk {
+    mount: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Self {
+        let mount = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(mount.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI and the quick start run as root)"
+        );
+        Self { mount }
+    }
+
+    /// Fills what is left of the disk; the filler is removed to free it again.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.mount.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.write_all(&[0u8; 4096]);
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_cannot_write_fails_closed_and_says_so_in_its_health() {
+    let disk = SmallDisk::mount(96);
+    let data = disk.mount.path().join("data");
+    let server = ChildServer::start(&data);
+    let channel = server.channel().await;
+    let health_client = HealthClient::new(channel.clone());
+    let mut registry = RegistryClient::new(channel.clone());
+    let mut verification = pb::verification_client::VerificationClient::new(channel.clone());
+    let stolen = common::number("44030519800101001");
+    let mut report = common::event(
+        "d-1",
+        time::macros::datetime!(2026-03-01 09:00 +8),
+        common::reported(common::card(&stolen, "20150101", ""), pb::LossKind::Stolen),
+    );
+    registry.apply(report.clone()).await.expect("written");
+    let check = |id: &str| pb::CheckRequest {
+        card: Some(common::card(id, "20150101", "")),
+        ..Default::default()
+    };
+    let wait_for = |wanted: ServingStatus| {
+        let mut client = health_client.clone();
+        async move {
+            for _ in 0..100 {
+                if health(&mut client, "idguard.v1.Verification").await.ok() == Some(wanted) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(ServingStatus::Serving).await);
+
+    let filler = disk.fill();
+    // Hits go on being recorded in the space RocksDB had already allocated, until they need more:
+    // then a hit cannot be recorded, and the checker gets an error, never VALID, and no path or
+    // RocksDB text; a card with no record is still answered.
+    let batch = pb::CheckBatchRequest {
+        cards: vec![common::card(&stolen, "20150101", ""); 1000],
+        ..Default::default()
+    };
+    let mut answered = 0;
+    while verification.check_batch(batch.clone()).await.is_ok() {
+        answered += 1;
+        assert!(
+            answered < 1000,
+            "a million hits were recorded on a full disk"
+        );
+    }
+    println!("{answered} batches of 1,000 hits were recorded after the disk was full");
+    let refused = verification.check(check(&stolen)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Internal, "{refused:?}");
+    assert!(refused.message().contains("incident"), "{refused:?}");
+    assert!(
+        !refused.message().contains(&*data.to_string_lossy()),
+        "{refused:?}"
+    );
+    assert!(!refused.message().contains("IO error"), "{refused:?}");
+    report.report_id = "d-2".into();
+    assert!(
+        registry.apply(report.clone()).await.is_err(),
+        "a write was acknowledged on a full disk"
+    );
+    assert!(
+        wait_for(ServingStatus::NotServing).await,
+        "health stayed SERVING while the store could not write"
+    );
+    let valid = verification
+        .check(check(&common::number("11010519491231002")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(valid.status(), pb::CardStatus::Valid);
+
+    // Space again: health recovers once a probe write succeeds (RocksDB resumes by itself), or at
+    // the latest after a restart; nothing acknowledged was lost.
+    std::fs::remove_file(filler).unwrap();
+    let recovered = wait_for(ServingStatus::Serving).await;
+    println!("health SERVING again without a restart once space was freed: {recovered}");
+    drop(server);
+    let server = ChildServer::start(&data);
+    let mut verification = pb::verification_client::VerificationClient::new(server.channel().await);
+    let after = verification
+        .check(check(&stolen))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.status(), pb::CardStatus::Invalid);
+}

@@ -1156,3 +1156,75 @@ async fn abandoned_feeds_are_released_at_once_and_capped_per_principal() {
     );
     drop(reopened);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_status_profile_timing_does_not_tell_stolen_from_superseded() {
+    let fixture = Fixture::start(&[]);
+    let stolen = stolen_number();
+    apply_as(
+        &fixture.as_principal("sz-police").await,
+        report_stolen("p-1", "440305", &stolen),
+    )
+    .await
+    .unwrap();
+    let superseded = number("44030519900101001");
+    let newer = event(
+        "g-1",
+        datetime!(2026-03-01 09:00 +8),
+        common::issued(card(&superseded, "20200101", "")),
+    );
+    apply_as(&fixture.as_principal("gd-issuer").await, newer)
+        .await
+        .unwrap();
+    let hotel = VerificationClient::new(fixture.as_principal("hotel-0001").await);
+    let timed = |id: String| {
+        let mut hotel = hotel.clone();
+        async move {
+            let started = Instant::now();
+            let verdict = hotel
+                .check(check_request(&id, b""))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(verdict.status(), pb::CardStatus::Invalid);
+            assert_eq!(
+                verdict.reason(),
+                pb::Reason::Unspecified,
+                "the profile shows no reason"
+            );
+            started.elapsed()
+        }
+    };
+    // Warm up, then interleave, so that the machine's noise falls on both alike.
+    timed(stolen.clone()).await;
+    timed(superseded.clone()).await;
+    const ROUNDS: usize = 200;
+    let (mut stolen_times, mut superseded_times) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Each goes first in half the rounds: the second call of a pair finds warmer caches.
+        if round % 2 == 0 {
+            stolen_times.push(timed(stolen.clone()).await);
+            superseded_times.push(timed(superseded.clone()).await);
+        } else {
+            superseded_times.push(timed(superseded.clone()).await);
+            stolen_times.push(timed(stolen.clone()).await);
+        }
+    }
+    let faster = stolen_times
+        .iter()
+        .zip(&superseded_times)
+        .filter(|(stolen, superseded)| superseded < stolen)
+        .count();
+    stolen_times.sort();
+    superseded_times.sort();
+    println!(
+        "status profile, {ROUNDS} rounds: median stolen {:?}, superseded {:?}; superseded faster \
+         in {faster} of {ROUNDS} (chance: about half)",
+        stolen_times[ROUNDS / 2],
+        superseded_times[ROUNDS / 2]
+    );
+    assert!(
+        faster < ROUNDS * 3 / 4,
+        "superseded answered faster than stolen in {faster} of {ROUNDS} rounds"
+    );
+}

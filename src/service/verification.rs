@@ -11,6 +11,7 @@ use time::Date;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{
     Draining, MAX_SEQUENCE_WAIT, check_response, gather_messages, invalid_argument,
@@ -224,15 +225,39 @@ impl Verdicts {
             })
             .collect();
         tally.record(&caller.principal.activity);
-        if !hits.is_empty() {
-            for hit in &hits {
-                tracing::warn!(
-                    principal = %hit.principal,
-                    terminal = %hit.terminal,
-                    card = %masked(hit.card.as_ref()),
-                    "hit: an invalidated card was presented"
-                );
-            }
+        // Logged beside the answer, not before it: writing the lines is no part of the hit's
+        // latency, which must not stand out (see below).
+        let logged: Vec<_> = hits
+            .iter()
+            .map(|hit| {
+                (
+                    hit.principal.clone(),
+                    hit.terminal.clone(),
+                    hit.card.clone(),
+                )
+            })
+            .collect();
+        if !logged.is_empty() {
+            let log_hits = async move {
+                for (principal, terminal, card) in logged {
+                    tracing::warn!(
+                        %principal,
+                        %terminal,
+                        card = %masked(card.as_ref()),
+                        "hit: an invalidated card was presented"
+                    );
+                }
+            };
+            tokio::spawn(log_hits.instrument(tracing::Span::current()));
+        }
+        // A caller who may see only VALID or INVALID must not read the reason off the answer's
+        // timing: an invalid verdict that is no hit (superseded, expired) waits for a hit-log
+        // sync as a hit does.
+        let reason_hidden = caller.principal.disclosure == Disclosure::Status
+            && responses
+                .iter()
+                .any(|response| response.status() == pb::CardStatus::Invalid);
+        if !hits.is_empty() || reason_hidden {
             self.store.record_hits(hits).await?;
         }
         let finish = |responses: &mut Vec<pb::CheckResponse>| {

@@ -16,7 +16,11 @@ use super::writer::drain_in_groups;
 use super::{CF_HITS, Shared, StoreError, codec};
 use crate::proto::v1 as pb;
 
-/// Hits of one check call waiting for the hit writer.
+/// The default column family's key a group of hit-log submissions without hits writes.
+const SYNC_MARKER_KEY: &[u8] = b"idguard.hit_sync";
+
+/// Hits of one check call waiting for the hit writer; none for a check that only waits as long
+/// as a hit would.
 pub(super) struct HitSubmission {
     pub hits: Vec<pb::Hit>,
     pub reply: oneshot::Sender<Result<(), StoreError>>,
@@ -47,6 +51,11 @@ fn commit(shared: &Shared, sync: &WriteOptions, group: Vec<HitSubmission>) {
         }
         replies.push(submission.reply);
     }
+    if numbered.is_empty() {
+        // Only checks that wait as long as a hit would (see the verification service): the same
+        // synced write, of a marker, so that they wait exactly as long.
+        batch.put(SYNC_MARKER_KEY, next.to_be_bytes());
+    }
     let outcome = shared.db.write_opt(batch, sync).map_err(StoreError::from);
     if outcome.is_ok() {
         metrics::counter!("idguard_hits_recorded_total").increment(numbered.len() as u64);
@@ -56,6 +65,7 @@ fn commit(shared: &Shared, sync: &WriteOptions, group: Vec<HitSubmission>) {
             let _ = shared.hits.send(Arc::new(hit));
         }
     } else {
+        shared.writable.store(false, Ordering::Release);
         tracing::error!(?outcome, "recording hits failed");
     }
     for reply in replies {

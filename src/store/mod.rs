@@ -159,6 +159,9 @@ struct Shared {
     /// The cluster stream this registry follows, once bound to one: its sequences are the
     /// stream's, so a duplicate or refused stream message leaves a gap.
     stream: OnceLock<String>,
+    /// False from a failed write (an event group or the hit log) until a probe write succeeds:
+    /// health reports NOT_SERVING meanwhile, so that checkers go to a node that can record hits.
+    writable: std::sync::atomic::AtomicBool,
 }
 
 fn column_family<'db>(db: &'db DB, name: &'static str) -> &'db rocksdb::ColumnFamily {
@@ -271,6 +274,7 @@ impl Store {
             hit_sequence: AtomicU64::new(last_hit),
             hits: broadcast::Sender::new(LIVE_CHANGES),
             stream,
+            writable: std::sync::atomic::AtomicBool::new(true),
         });
         let (writer, writer_thread) =
             start_thread(data_dir, "idguard-writer", &shared, writer::run)?;
@@ -296,6 +300,27 @@ impl Store {
             .await
             .map_err(|_| closed())?;
         outcome.await.map_err(|_| closed())?
+    }
+
+    /// Whether the last write succeeded (see [`Store::probe_write`]).
+    pub fn writable(&self) -> bool {
+        self.shared.writable.load(Ordering::Acquire)
+    }
+
+    /// Tries a small synced write, as the writers would, and records whether the store can write
+    /// again: how a node that failed a write finds out that it has recovered (space freed, say).
+    /// Blocking.
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        let written = self
+            .shared
+            .db
+            .put_opt(PROBE_KEY, self.sequence().to_be_bytes(), &sync);
+        self.shared
+            .writable
+            .store(written.is_ok(), Ordering::Release);
+        Ok(written?)
     }
 
     /// Figures for operators' metrics.
@@ -606,6 +631,8 @@ impl Drop for Store {
 const SCHEMA_KEY: &[u8] = b"idguard.schema";
 /// The layout of keys and values this code reads and writes (`codec`).
 const SCHEMA_VERSION: &[u8] = b"2";
+/// The default column family's key [`Store::probe_write`] writes.
+const PROBE_KEY: &[u8] = b"idguard.probe";
 /// The default column family's key for the name of the cluster stream the registry follows.
 const STREAM_KEY: &[u8] = b"idguard.stream";
 /// The default column family's key for the last stream sequence applied, written in the same

@@ -135,6 +135,7 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
             }
         }
         Err(error) => {
+            shared.writable.store(false, Ordering::Release);
             tracing::error!(%error, events = group.len(), "committing a group failed");
             for (submission, outcome) in group.into_iter().zip(outcomes) {
                 // Anything that depended on this group's write is not durable either.

@@ -62,7 +62,8 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts (install it with `apt-get install nats-server`)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: eight cluster tests start two dozen servers at once on two cores.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while StdStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
@@ -201,12 +202,15 @@ impl Node {
             .append(true)
             .open(data_dir.with_extension("log"))
             .expect("node log");
+        let keys = stream_keys(data_dir.parent().expect("a data dir in a folder"));
         let mut command = Command::new(super::BIN);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--cluster", urls, "--cluster-stream", stream])
+            .arg("--cluster-keys")
+            .arg(&keys)
             .args(extra)
             .env("RUST_LOG", "info")
             .stderr(log);
@@ -282,6 +286,18 @@ impl Node {
         }
         log
     }
+}
+
+/// The stream keys file of the nodes whose data dirs are in `dir`, made on first use: they share
+/// one key, so each trusts every other.
+pub fn stream_keys(dir: &Path) -> PathBuf {
+    let file = dir.join("cluster-keys.toml");
+    if !file.exists() {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("an Ed25519 key");
+        std::fs::write(dir.join("node.pem"), pair.serialize_pem()).expect("key file");
+        std::fs::write(&file, "private_key = \"node.pem\"\ntrusted = []\n").expect("keys file");
+    }
+    file
 }
 
 /// A TCP proxy in front of one NATS server, for cutting a node off from NATS and back.

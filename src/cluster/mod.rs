@@ -23,6 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
+mod seal;
+
+pub use seal::{StreamKeys, StreamKeysError};
+
 use crate::event::{ValidEvent, validate_event};
 use crate::proto::{self, v1 as pb};
 use crate::registry::{Grant, Recorder};
@@ -49,6 +53,8 @@ pub struct ClusterConfig {
     /// Replicas, and the de-duplication window, used when this node creates the stream.
     pub replicas: usize,
     pub duplicate_window: Duration,
+    /// The stream keys file (see [`seal`]).
+    pub keys: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -67,6 +73,7 @@ impl ClusterConfig {
             stream: config.cluster_stream.clone(),
             replicas: usize::from(config.cluster_replicas),
             duplicate_window: Duration::from_secs(config.cluster_dedup_window),
+            keys: config.cluster_keys.clone(),
         })
     }
 
@@ -102,12 +109,22 @@ pub enum ClusterError {
     Store(#[from] StoreError),
     #[error("cluster stream {stream}: {why}")]
     Stream { stream: String, why: String },
+    #[error(
+        "--cluster-keys FILE is required with --cluster: every event on the stream is signed by \
+         its node, and a node applies only what its trusted keys signed (see the README's cluster \
+         section)"
+    )]
+    NoKeys,
+    #[error(transparent)]
+    Keys(#[from] seal::StreamKeysError),
 }
 
 /// This node's membership of a cluster: publishes events, and follows the stream into the store.
 pub struct Cluster {
     jetstream: jetstream::Context,
     subject: String,
+    stream: String,
+    keys: Arc<StreamKeys>,
     store: Arc<Store>,
     outcomes: Arc<Outcomes>,
     follower: Mutex<Option<JoinHandle<()>>>,
@@ -121,6 +138,9 @@ impl Cluster {
         if config.servers.is_empty() {
             return Err(ClusterError::NoServers);
         }
+        let keys = Arc::new(StreamKeys::read(
+            config.keys.as_deref().ok_or(ClusterError::NoKeys)?,
+        )?);
         let name = config.stream.clone();
         store.read(move |store| store.bind_stream(&name)).await?;
         let client = async_nats::ConnectOptions::new()
@@ -139,12 +159,15 @@ impl Cluster {
         let follower = tokio::spawn(follow(
             following,
             config.clone(),
+            Arc::clone(&keys),
             Arc::clone(&store),
             Arc::clone(&outcomes),
         ));
         Ok(Self {
             jetstream,
             subject: config.subject(),
+            stream: config.stream.clone(),
+            keys,
             store,
             outcomes,
             follower: Mutex::new(Some(follower)),
@@ -172,11 +195,13 @@ impl Cluster {
             grant: Some(recorder.grant.to_wire()),
         };
         let key = event.report_key();
+        let payload = message.encode_to_vec();
         // JetStream deduplicates by message id: the id in its province, as the registry keys it,
         // so that one province's ids never drop another's messages.
         let publish = jetstream::message::PublishMessage::build()
+            .headers(self.keys.seal(&self.stream, &payload))
             .message_id(String::from_utf8_lossy(key.as_bytes()).as_ref())
-            .payload(message.encode_to_vec().into());
+            .payload(payload.into());
         let stored = self
             .jetstream
             .send_publish(self.subject.clone(), publish)
@@ -306,11 +331,12 @@ impl Outcomes {
 async fn follow(
     jetstream: jetstream::Context,
     config: ClusterConfig,
+    keys: Arc<StreamKeys>,
     store: Arc<Store>,
     outcomes: Arc<Outcomes>,
 ) {
     loop {
-        match follow_once(&jetstream, &config, &store, &outcomes).await {
+        match follow_once(&jetstream, &config, &keys, &store, &outcomes).await {
             Ok(()) => return,
             Err(error) => {
                 metrics::counter!("idguard_cluster_follow_restarts_total").increment(1);
@@ -326,6 +352,7 @@ async fn follow(
 async fn follow_once(
     jetstream: &jetstream::Context,
     config: &ClusterConfig,
+    keys: &StreamKeys,
     store: &Arc<Store>,
     outcomes: &Arc<Outcomes>,
 ) -> Result<(), ClusterError> {
@@ -396,7 +423,11 @@ async fn follow_once(
             let message = message.map_err(|error| failed(error.to_string()))?;
             let info = message.info().map_err(|error| failed(error.to_string()))?;
             let sequence = info.stream_sequence;
-            let (event, recorder, recorded_at) = read_event(&message.payload, info.published);
+            let sealed = keys.open(&config.stream, &message.payload, message.headers.as_ref());
+            let (event, recorder, recorded_at) = match sealed {
+                Ok(()) => read_event(&message.payload, info.published),
+                Err(why) => refused_message(sequence, why, info.published),
+            };
             let pending = match store
                 .enqueue_from_stream(event, &recorder, sequence, recorded_at)
                 .await
@@ -456,6 +487,32 @@ async fn record_outcomes(
     Ok(())
 }
 
+/// A stream message that fails verification, refused loudly: it registers nothing, but the node
+/// moves past it as every other node does.
+fn refused_message(
+    sequence: u64,
+    why: String,
+    published: OffsetDateTime,
+) -> (Result<ValidEvent, ApplyError>, Recorder, OffsetDateTime) {
+    tracing::error!(
+        sequence,
+        %why,
+        "refused a cluster stream message that fails verification: check who may publish on the \
+         stream's subject"
+    );
+    metrics::counter!("idguard_cluster_messages_refused_total").increment(1);
+    let refusal = ApplyError::Unreadable(format!("stream message {sequence} refused: {why}"));
+    (Err(refusal), nobody(), published)
+}
+
+/// The recorder of a message that is no idguard event: allowed nothing.
+fn nobody() -> Recorder {
+    Recorder {
+        principal: String::new(),
+        grant: Grant::nothing(),
+    }
+}
+
 /// The event a stream message carries, who recorded it (with what grant) and when; a message
 /// that is not a valid event (published by something other than idguard) becomes its refusal.
 /// Events are validated as of their recording time, so that every node reaches the same verdict
@@ -468,11 +525,7 @@ fn read_event(
         Ok(message) => message,
         Err(error) => {
             let refusal = ApplyError::Unreadable(format!("not a registry event: {error}"));
-            let nobody = Recorder {
-                principal: String::new(),
-                grant: Grant::nothing(),
-            };
-            return (Err(refusal), nobody, published);
+            return (Err(refusal), nobody(), published);
         }
     };
     let recorded_at = message
