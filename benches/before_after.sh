@@ -6,17 +6,19 @@
 #
 # Usage: benches/before_after.sh OLD_BINARY [NEW_BINARY]
 #   (defaults: NEW_BINARY=$CARGO_TARGET_DIR/release/idguard COUNT=10000000 QUERIES=1000000
-#   SECONDS=10 WORKERS=32 ROUNDS=2 WORK=/tmp/idguard-before-after; each binary imports the data
-#   into a data dir of its own, since a change may move the schema)
+#   RUN_SECONDS=10 WORKERS=32 ROUNDS=2 MODES="unary batch stream" WORK=/tmp/idguard-before-after;
+#   each binary imports the data into a data dir of its own, since a change may move the schema)
 set -euo pipefail
 OLD=$(realpath "$1")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/idguard/target}
 NEW=$(realpath "${2:-$CARGO_TARGET_DIR/release/idguard}")
 COUNT=${COUNT:-10000000}
 QUERIES=${QUERIES:-1000000}
-SECONDS_PER_RUN=${SECONDS:-10}
+# Not SECONDS: bash sets that one itself.
+SECONDS_PER_RUN=${RUN_SECONDS:-10}
 WORKERS=${WORKERS:-32}
 ROUNDS=${ROUNDS:-2}
+MODES=${MODES:-unary batch stream}
 WORK=${WORK:-/tmp/idguard-before-after}
 mkdir -p "$WORK"
 pid=
@@ -49,21 +51,21 @@ run() { # which mode round
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in unary batch stream; do
+    for mode in $MODES; do
         run old "$mode" "$round"
         run new "$mode" "$round"
     done
 done
 
-python3 - "$WORK" "$ROUNDS" "$COUNT" <<'PY'
+python3 - "$WORK" "$ROUNDS" "$COUNT" $MODES <<'PY'
 import json, sys
-work, rounds, count = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, rounds, count, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def report(which, mode, r):
     data = json.load(open(f"{work}/{which}-{mode}-{r}.json"))[0]
     return data["checks_per_second"], data["p99_us"] / 1000
 print(f"{count} events; checks/s (p99 ms per call) of the old and the new binary, alternating")
 print(f"{'mode':8} {'round':>5} {'old':>22} {'new':>22} {'new / old':>10}")
-for mode in ("unary", "batch", "stream"):
+for mode in modes:
     for r in range(1, rounds + 1):
         (old, old_p99), (new, new_p99) = report("old", mode, r), report("new", mode, r)
         print(f"{mode:8} {r:5} {old:13.0f} ({old_p99:5.2f}) {new:13.0f} ({new_p99:5.2f}) {new / old:10.3f}")

@@ -9,12 +9,13 @@
 # idguard / Redis, and the peak RSS of idguard and of Redis.
 #
 # Usage: benches/compare.sh
-#   (defaults: COUNT=10000000 QUERIES=1000000 SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare;
+#   (defaults: COUNT=10000000 QUERIES=1000000 RUN_SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare;
 #   the data is generated and imported once per COUNT, then reused)
 set -euo pipefail
 COUNT=${COUNT:-10000000}
 QUERIES=${QUERIES:-1000000}
-SECONDS_PER_RUN=${SECONDS:-10}
+# Not SECONDS: bash sets that one itself (seconds since the shell started), so a default never applied.
+SECONDS_PER_RUN=${RUN_SECONDS:-10}
 WORKERS=${WORKERS:-32}
 WORK=${WORK:-/tmp/idguard-compare}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/idguard/target}

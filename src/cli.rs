@@ -793,10 +793,18 @@ pub async fn run(command: Command) -> Result<u8, CliError> {
         }
         Command::Record { number, server } => {
             let mut client = RegistryClient::new(connect(&server).await?);
-            let record = client
-                .get_record(pb::GetRecordRequest { id_number: number })
-                .await?
-                .into_inner();
+            let mut ask = pb::GetRecordRequest {
+                id_number: number,
+                ..Default::default()
+            };
+            let mut record = client.get_record(ask.clone()).await?.into_inner();
+            // The whole history, page after page.
+            while record.next_after_sequence != 0 {
+                ask.after_sequence = record.next_after_sequence;
+                let page = client.get_record(ask.clone()).await?.into_inner();
+                record.events.extend(page.events);
+                record.next_after_sequence = page.next_after_sequence;
+            }
             print!("{}", describe_record(&record));
             Ok(0)
         }

@@ -365,12 +365,15 @@ const WRITABILITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1)
 async fn report_writability(
     store: Arc<Store>,
     health: HealthReporter,
-    draining: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
 ) {
     let mut serving = true;
     let mut ticks = tokio::time::interval(WRITABILITY_CHECK);
-    while !*draining.borrow() {
-        ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = draining.wait_for(|draining| *draining) => return,
+        }
         let writable = store.writable() || store.read(|store| store.probe_write()).await.is_ok();
         metrics::gauge!("idguard_store_writable").set(f64::from(u8::from(writable)));
         if writable != serving && !*draining.borrow() {
@@ -403,7 +406,7 @@ pub async fn serve(
     let (start_draining, draining) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, ServingStatus::Serving).await;
-    tokio::spawn(report_writability(
+    let writability = tokio::spawn(report_writability(
         Arc::clone(&store),
         health.clone(),
         draining.clone(),
@@ -437,7 +440,7 @@ pub async fn serve(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(AdminService::new(store, Arc::clone(&guards.access)))
         .max_decoding_message_size(MAX_OTHER_REQUEST_BYTES);
-    builder(guards.tls, guards.streams_per_connection)?
+    let served = builder(guards.tls, guards.streams_per_connection)?
         .layer(crate::telemetry::rpc_layer())
         .layer(crate::telemetry::metrics::RpcMetricsLayer)
         .layer(GateLayer::new(guards.access))
@@ -448,7 +451,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(limited_incoming(listener, guards.max_connections), shutdown)
-        .await?;
+        .await;
+    // Its handle on the store goes with the server: the caller may reopen the data dir at once.
+    writability.abort();
+    let _ = writability.await;
+    served?;
     Ok(())
 }
 

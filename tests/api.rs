@@ -260,6 +260,7 @@ async fn a_withdrawal_undoes_its_report_in_either_order() {
         .await
         .get_record(pb::GetRecordRequest {
             id_number: second.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -313,7 +314,10 @@ async fn retries_are_harmless_and_conflicts_are_refused() {
     let record = server
         .registry()
         .await
-        .get_record(pb::GetRecordRequest { id_number: id })
+        .get_record(pb::GetRecordRequest {
+            id_number: id,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -527,6 +531,7 @@ async fn state_and_index_survive_a_restart() {
         .await
         .get_record(pb::GetRecordRequest {
             id_number: ids[3].clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -550,6 +555,7 @@ async fn state_and_index_survive_a_restart() {
         .await
         .get_record(pb::GetRecordRequest {
             id_number: ids[3].clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -668,6 +674,7 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
         .await
         .get_record(pb::GetRecordRequest {
             id_number: "12345".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -698,7 +705,10 @@ async fn malformed_input_is_refused_on_every_rpc_and_writes_nothing() {
     let status = server
         .registry()
         .await
-        .get_record(pb::GetRecordRequest { id_number: id })
+        .get_record(pb::GetRecordRequest {
+            id_number: id,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

@@ -247,6 +247,7 @@ fn a_generated_export_loads_and_its_workload_agrees() {
             let record = registry
                 .get_record(idguard::proto::v1::GetRecordRequest {
                     id_number: query.id_number.clone(),
+                    ..Default::default()
                 })
                 .await;
             assert_eq!(record.is_ok(), query.has_record, "{query:?}: {record:?}");

@@ -441,6 +441,7 @@ async fn a_withdrawal_on_the_stream_undoes_only_what_its_recorded_grant_covers()
             .await
             .get_record(pb::GetRecordRequest {
                 id_number: nth_number(1),
+                ..Default::default()
             })
             .await
             .unwrap()

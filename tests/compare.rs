@@ -32,7 +32,7 @@ fn the_side_by_side_comparison_prints_every_row_and_ratio() {
         .env("CARGO_TARGET_DIR", target_dir())
         .env("COUNT", "20000")
         .env("QUERIES", "5000")
-        .env("SECONDS", "1")
+        .env("RUN_SECONDS", "1")
         .env("WORKERS", "4")
         .env("WORK", work.path())
         .output()

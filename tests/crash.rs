@@ -181,6 +181,7 @@ async fn verify(server: &ChildServer, ledger: &Ledger, recent: &[String]) {
         let record = registry
             .get_record(pb::GetRecordRequest {
                 id_number: nth_number(k),
+                ..Default::default()
             })
             .await;
         match present.get(report_id) {

@@ -89,6 +89,7 @@ async fn view(
     let record = client
         .get_record(pb::GetRecordRequest {
             id_number: number.to_owned(),
+            ..Default::default()
         })
         .await
         .ok()?

@@ -286,6 +286,7 @@ async fn check_sequence(client: &mut RegistryClient<tonic::transport::Channel>) 
     let record = client
         .get_record(pb::GetRecordRequest {
             id_number: common::nth_number(0),
+            ..Default::default()
         })
         .await;
     match record {

@@ -379,6 +379,7 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
         let none = records
             .get_record(pb::GetRecordRequest {
                 id_number: number.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -418,6 +419,7 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
     let record = records
         .get_record(pb::GetRecordRequest {
             id_number: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -467,6 +469,7 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
     let status = RegistryClient::new(hotel.clone())
         .get_record(pb::GetRecordRequest {
             id_number: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -487,7 +490,8 @@ async fn roles_and_scopes_decide_what_a_caller_may_do_and_events_record_who_sent
     assert!(
         RegistryClient::new(ops.clone())
             .get_record(pb::GetRecordRequest {
-                id_number: id.clone()
+                id_number: id.clone(),
+                ..Default::default()
             })
             .await
             .is_ok()
@@ -976,6 +980,7 @@ async fn no_reporter_undoes_or_blocks_another_jurisdictions_reports_whatever_the
         let record = records
             .get_record(pb::GetRecordRequest {
                 id_number: card.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1069,6 +1074,7 @@ async fn no_reporter_undoes_or_blocks_another_jurisdictions_reports_whatever_the
     let none = records
         .get_record(pb::GetRecordRequest {
             id_number: fresh.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1227,4 +1233,91 @@ async fn under_the_status_profile_timing_does_not_tell_stolen_from_superseded() 
         faster < ROUNDS * 3 / 4,
         "superseded answered faster than stolen in {faster} of {ROUNDS} rounds"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_number_holds_a_bounded_history_per_organ_read_in_pages() {
+    let fixture = Fixture::start(&[]);
+    let shenzhen = fixture.as_principal("sz-police").await;
+    let guangzhou = fixture.as_principal("gz-police").await;
+    let mut records = RegistryClient::new(fixture.as_principal("audit-office").await);
+    let id = number("44030519800101006");
+    // One organ flooding one number: past its daily allowance, refused; nothing more is written.
+    let flood: Vec<_> = (0..60)
+        .map(|k| report_stolen(&format!("flood-{k}"), "440305", &id))
+        .collect();
+    let mut acks = RegistryClient::new(shenzhen.clone())
+        .submit(tokio_stream::iter(flood))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(ack) = acks.message().await.unwrap() {
+        match ack.error {
+            None => accepted += 1,
+            Some(error) => {
+                assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
+                assert!(error.message.contains("440305"), "{error:?}");
+                refused += 1;
+            }
+        }
+    }
+    println!(
+        "60 reports of one number by one organ in a day: {accepted} accepted, {refused} refused"
+    );
+    assert_eq!((accepted, refused), (50, 10));
+    // Another organ is not blocked by it.
+    apply_as(&guangzhou, report_stolen("gz-flood", "440103", &id))
+        .await
+        .expect("another organ's allowance is its own");
+    // Withdrawals waiting for one report id are bounded too.
+    for k in 0..16 {
+        apply_as(
+            &shenzhen,
+            withdrawal_of(&format!("wait-{k}"), "not-yet", "440305"),
+        )
+        .await
+        .unwrap();
+    }
+    let waiting = apply_as(&shenzhen, withdrawal_of("wait-16", "not-yet", "440305"))
+        .await
+        .unwrap_err();
+    assert_eq!(waiting.code(), Code::ResourceExhausted, "{waiting:?}");
+
+    // The history is read in pages, the cards on the first only.
+    let page = |after_sequence, limit| pb::GetRecordRequest {
+        id_number: id.clone(),
+        after_sequence,
+        limit,
+    };
+    let too_many = records.get_record(page(0, 1001)).await.unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    let mut after = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let record = records
+            .get_record(page(after, 20))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            record.cards.is_empty(),
+            pages > 0,
+            "cards on the first page only"
+        );
+        assert!(record.events.len() <= 20);
+        seen.extend(record.events.iter().map(|e| e.sequence));
+        pages += 1;
+        if record.next_after_sequence == 0 {
+            break;
+        }
+        after = record.next_after_sequence;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 51);
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]));
+    let whole = records.get_record(page(0, 0)).await.unwrap().into_inner();
+    assert_eq!(whole.events.len(), 51);
+    assert_eq!(whole.next_after_sequence, 0);
 }

@@ -345,9 +345,9 @@ impl Access {
             .feeds
             .add_permits(MAX_FEEDS_OPEN - MAX_FEEDS_PER_PRINCIPAL);
         if let Some(policy) = &policy {
-            let default_share = (max_in_flight / 4).max(1);
+            let unless_set = default_share(max_in_flight);
             for principal in policy.by_name.values() {
-                let share = principal.max_in_flight.unwrap_or(default_share);
+                let share = principal.max_in_flight.unwrap_or(unless_set);
                 principal.calls.add_permits(share.min(max_in_flight));
             }
         }
@@ -488,7 +488,7 @@ impl Access {
                 principal: principal.name.clone(),
                 limit: principal
                     .max_in_flight
-                    .unwrap_or((self.max_in_flight / 4).max(1)),
+                    .unwrap_or(default_share(self.max_in_flight)),
             })?;
         Ok(Reserved {
             share,
@@ -531,6 +531,12 @@ impl Reserved {
             _work: work,
         })
     }
+}
+
+/// A principal's calls in flight when its policy entry sets none: a quarter of the server's, so
+/// that at least four principals must misbehave together to take every permit.
+fn default_share(max_in_flight: usize) -> usize {
+    (max_in_flight / 4).max(1)
 }
 
 /// The names a certificate identifies its holder by: subject common names, then DNS names of the

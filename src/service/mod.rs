@@ -219,6 +219,7 @@ impl From<ApplyError> for Status {
             ApplyError::Invalid(error) => invalid_argument(error),
             ApplyError::Conflict { .. } => Status::already_exists(error.to_string()),
             ApplyError::Denied(_) => Status::permission_denied(error.to_string()),
+            ApplyError::Quota(_) => Status::resource_exhausted(error.to_string()),
             ApplyError::Closed | ApplyError::Unavailable(_) => {
                 Status::unavailable(error.to_string())
             }

@@ -27,6 +27,10 @@ const SUBMIT_IN_FLIGHT: usize = 1024;
 /// The stream of a `Watch` or `WatchHits`.
 pub type Feed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The most events one `GetRecord` answer carries (each at most about 1.3 KB): a long history is
+/// read in pages, within the 4 MiB a response may have.
+const MAX_RECORD_PAGE: usize = 1000;
+
 /// Changes a `Watch` may have read ahead of a slow reader.
 const WATCH_BUFFER: usize = 256;
 
@@ -231,8 +235,19 @@ impl Registry for RegistryService {
             .authorize(&request, Needs::Role(Role::Auditor))?;
         let _permit = self.access.admit(&caller, 1)?;
         let today = china_today(now());
-        let number = parse_registrable_number(&request.get_ref().id_number, today)
+        let wire = request.get_ref();
+        let number = parse_registrable_number(&wire.id_number, today)
             .map_err(|rule| invalid_argument(FieldError::new("id_number", rule)))?;
+        let limit = match wire.limit {
+            0 => MAX_RECORD_PAGE,
+            limit if limit as usize > MAX_RECORD_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: at most {MAX_RECORD_PAGE} events per page, got {limit}"
+                )));
+            }
+            limit => limit as usize,
+        };
+        let after = wire.after_sequence;
         let not_found = || Status::not_found(format!("no record for id_number {number}"));
         let store = self.ledger.store();
         if !store.may_have_record(number) {
@@ -244,12 +259,24 @@ impl Registry for RegistryService {
                 let Some(state) = store.citizens(&[number])?.pop().flatten() else {
                     return Ok(None);
                 };
-                let sequences: Vec<u64> = state.entries().iter().map(|e| e.sequence).collect();
-                let events = store.events(&sequences)?;
-                Ok(Some((state, events)))
+                let mut page: Vec<u64> = state
+                    .entries()
+                    .iter()
+                    .map(|e| e.sequence)
+                    .filter(|&sequence| sequence > after)
+                    .take(limit + 1)
+                    .collect();
+                // One beyond the page says whether there is a next one.
+                let next = (page.len() > limit).then(|| {
+                    page.truncate(limit);
+                    page.last().copied().unwrap_or_default()
+                });
+                let events = store.events(&page)?;
+                Ok(Some((state, events, next)))
             })
             .await?;
-        let (state, events) = found.ok_or_else(not_found)?;
+        let (state, events, next) = found.ok_or_else(not_found)?;
+        let first_page = after == 0;
         let cards = state
             .known_cards()
             .into_iter()
@@ -269,6 +296,7 @@ impl Registry for RegistryService {
                     verdict: Some(check_response(verdict, sequence)),
                 }
             })
+            .filter(|_| first_page)
             .collect();
         Ok(Response::new(pb::CitizenRecord {
             id_number: number.to_string(),
@@ -276,6 +304,7 @@ impl Registry for RegistryService {
             events,
             sequence,
             refused_withdrawals: state.refused_withdrawals().collect(),
+            next_after_sequence: next.unwrap_or(0),
         }))
     }
 }
