@@ -1236,13 +1236,13 @@ async fn under_the_status_profile_timing_does_not_tell_stolen_from_superseded() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_number_holds_a_bounded_history_per_organ_read_in_pages() {
+async fn a_long_history_is_read_in_pages_and_waiting_withdrawals_are_bounded() {
     let fixture = Fixture::start(&[]);
     let shenzhen = fixture.as_principal("sz-police").await;
     let guangzhou = fixture.as_principal("gz-police").await;
     let mut records = RegistryClient::new(fixture.as_principal("audit-office").await);
     let id = number("44030519800101006");
-    // One organ flooding one number: past its daily allowance, refused; nothing more is written.
+    // One organ flooding one number (nothing yet bounds this: see the README), and another.
     let flood: Vec<_> = (0..60)
         .map(|k| report_stolen(&format!("flood-{k}"), "440305", &id))
         .collect();
@@ -1251,26 +1251,13 @@ async fn one_number_holds_a_bounded_history_per_organ_read_in_pages() {
         .await
         .unwrap()
         .into_inner();
-    let (mut accepted, mut refused) = (0, 0);
     while let Some(ack) = acks.message().await.unwrap() {
-        match ack.error {
-            None => accepted += 1,
-            Some(error) => {
-                assert_eq!(error.code, Code::ResourceExhausted as i32, "{error:?}");
-                assert!(error.message.contains("440305"), "{error:?}");
-                refused += 1;
-            }
-        }
+        assert!(ack.error.is_none(), "{ack:?}");
     }
-    println!(
-        "60 reports of one number by one organ in a day: {accepted} accepted, {refused} refused"
-    );
-    assert_eq!((accepted, refused), (50, 10));
-    // Another organ is not blocked by it.
     apply_as(&guangzhou, report_stolen("gz-flood", "440103", &id))
         .await
-        .expect("another organ's allowance is its own");
-    // Withdrawals waiting for one report id are bounded too.
+        .unwrap();
+    // Withdrawals waiting for one report id are bounded.
     for k in 0..16 {
         apply_as(
             &shenzhen,
@@ -1283,6 +1270,7 @@ async fn one_number_holds_a_bounded_history_per_organ_read_in_pages() {
         .await
         .unwrap_err();
     assert_eq!(waiting.code(), Code::ResourceExhausted, "{waiting:?}");
+    assert!(waiting.message().contains("not-yet"), "{waiting:?}");
 
     // The history is read in pages, the cards on the first only.
     let page = |after_sequence, limit| pb::GetRecordRequest {
@@ -1314,10 +1302,10 @@ async fn one_number_holds_a_bounded_history_per_organ_read_in_pages() {
         }
         after = record.next_after_sequence;
     }
-    assert_eq!(pages, 3);
-    assert_eq!(seen.len(), 51);
+    assert_eq!(pages, 4);
+    assert_eq!(seen.len(), 61);
     assert!(seen.windows(2).all(|pair| pair[0] < pair[1]));
     let whole = records.get_record(page(0, 0)).await.unwrap().into_inner();
-    assert_eq!(whole.events.len(), 51);
+    assert_eq!(whole.events.len(), 61);
     assert_eq!(whole.next_after_sequence, 0);
 }

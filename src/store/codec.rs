@@ -142,26 +142,6 @@ pub fn decode_withdrawal_key(key: &[u8]) -> Result<(&[u8], u64), Corrupt> {
     Ok((target, decode_sequence(sequence)?))
 }
 
-/// The default column family's key counting the events of `authority` on `number` on `day`: a
-/// prefix no other key of that family has, the packed number, the day, then the authority.
-pub fn quota_key(number: CitizenNumber, authority: &str, day: Date) -> Vec<u8> {
-    const PREFIX: &[u8] = b"idguard.quota/";
-    let mut key = Vec::with_capacity(PREFIX.len() + 12 + authority.len());
-    key.extend_from_slice(PREFIX);
-    key.extend_from_slice(&citizen_key(number));
-    key.extend_from_slice(&day_number(day).to_be_bytes());
-    key.extend_from_slice(authority.as_bytes());
-    key
-}
-
-/// A count as [`quota_key`]'s value holds it.
-pub fn decode_count(bytes: &[u8]) -> Result<u32, Corrupt> {
-    let array: [u8; 4] = bytes
-        .try_into()
-        .map_err(|_| corrupt("count", format!("{} bytes", bytes.len())))?;
-    Ok(u32::from_be_bytes(array))
-}
-
 /// A parked withdrawal's value: its sender's grant, as the log records it (protobuf).
 pub fn encode_grant(grant: &Grant) -> Vec<u8> {
     grant.to_wire().encode_to_vec()

@@ -123,7 +123,7 @@ pub enum ApplyError {
     /// The sender's grant does not cover the event.
     #[error(transparent)]
     Denied(#[from] Denial),
-    /// The sender has used up what it may record on one number, or on one awaited report.
+    /// The sender has used up what it may record on one awaited report.
     #[error("{0}")]
     Quota(String),
     #[error("the registry is shutting down")]

@@ -27,9 +27,6 @@ use crate::registry::{CardFact, CitizenState, Denial, Entry, Fact, Grant, Record
 
 /// The most submissions committed by one WAL sync.
 const MAX_GROUP: usize = 1024;
-/// The most events one authority may record on one number in one day (UTC+8). An organ reports
-/// a handful at most: a loss, a reissue, a correction.
-pub const MAX_EVENTS_PER_AUTHORITY_DAY: u32 = 50;
 /// The most withdrawals that may wait for one `report_id` that has not arrived.
 pub const MAX_WAITING_WITHDRAWALS: usize = 16;
 
@@ -169,8 +166,6 @@ struct Overlay<'a> {
     pending_withdrawals: Vec<(ReportKey, ParkedWithdrawal)>,
     /// Withdrawals found in this group never to apply to the target they name.
     refused_withdrawals: u64,
-    /// Events counted per number, authority and day in this group ([`Overlay::charge`]).
-    quotas: HashMap<Vec<u8>, u32>,
     /// The last stream sequence this group applies, for a cluster node.
     stream_position: Option<u64>,
 }
@@ -186,7 +181,6 @@ impl<'a> Overlay<'a> {
             citizens: HashMap::new(),
             pending_withdrawals: Vec::new(),
             refused_withdrawals: 0,
-            quotas: HashMap::new(),
             stream_position: None,
         }
     }
@@ -299,11 +293,11 @@ impl<'a> Overlay<'a> {
         }
         let grant = match what_it_touches(&event.kind) {
             Touches::Withdrawal(target) => {
-                self.withdraw(sequence, valid, target, &recorder.grant, recorded_at)?;
+                self.withdraw(sequence, valid, target, &recorder.grant)?;
                 Some(recorder.grant.to_wire())
             }
             Touches::Number(number, fact) => {
-                self.register(sequence, valid, number, fact, recorded_at)?;
+                self.register(sequence, valid, number, fact)?;
                 None
             }
         };
@@ -337,9 +331,7 @@ impl<'a> Overlay<'a> {
         valid: &ValidEvent,
         number: CitizenNumber,
         fact: Fact,
-        recorded_at: OffsetDateTime,
     ) -> Result<(), ApplyError> {
-        self.charge(number, &valid.canonical.authority, recorded_at)?;
         let mut entries = vec![Entry {
             sequence,
             occurred_at: valid.event.occurred_at,
@@ -379,7 +371,6 @@ impl<'a> Overlay<'a> {
         valid: &ValidEvent,
         target: &ReportId,
         grant: &Grant,
-        recorded_at: OffsetDateTime,
     ) -> Result<(), ApplyError> {
         for earlier in self.withdrawals_of(&valid.report_key())? {
             tracing::warn!(
@@ -418,7 +409,6 @@ impl<'a> Overlay<'a> {
         if !grant.may_withdraw(&target_event) {
             return Err(Denial::TargetOutside.into());
         }
-        self.charge(number, &valid.canonical.authority, recorded_at)?;
         self.citizen(number)?.record(Entry {
             sequence,
             occurred_at: valid.event.occurred_at,
@@ -427,35 +417,6 @@ impl<'a> Overlay<'a> {
             },
             withdrawn_by: None,
         });
-        Ok(())
-    }
-
-    /// Counts one more event of `authority` on `number` on the day (UTC+8) of `recorded_at`, or
-    /// refuses it past [`MAX_EVENTS_PER_AUTHORITY_DAY`]: so that no reporter can bloat one
-    /// number's record (which every write rewrites and every check of the number reads), and
-    /// one that tries exhausts only its own allowance, not other organs'.
-    fn charge(
-        &mut self,
-        number: CitizenNumber,
-        authority: &str,
-        recorded_at: OffsetDateTime,
-    ) -> Result<(), ApplyError> {
-        let key = codec::quota_key(number, authority, crate::card::china_today(recorded_at));
-        let used = match self.quotas.get(&key) {
-            Some(&used) => used,
-            None => {
-                let stored = self.shared.db.get_pinned(&key).map_err(StoreError::from)?;
-                let count = stored.map(|bytes| codec::decode_count(&bytes)).transpose();
-                count.map_err(StoreError::from)?.unwrap_or(0)
-            }
-        };
-        if used >= MAX_EVENTS_PER_AUTHORITY_DAY {
-            return Err(ApplyError::Quota(format!(
-                "authority {authority:?} has recorded {MAX_EVENTS_PER_AUTHORITY_DAY} events on this \
-                 number today (UTC+8), the most one organ may; more are refused until tomorrow"
-            )));
-        }
-        self.quotas.insert(key, used + 1);
         Ok(())
     }
 
@@ -484,9 +445,6 @@ impl<'a> Overlay<'a> {
                 codec::withdrawal_key(target.as_bytes(), withdrawal.sequence),
                 codec::encode_grant(&withdrawal.grant),
             );
-        }
-        for (key, used) in &self.quotas {
-            batch.put(key, used.to_be_bytes());
         }
         if let Some(position) = self.stream_position {
             batch.put(STREAM_POSITION_KEY, position.to_be_bytes());
