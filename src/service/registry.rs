@@ -276,9 +276,13 @@ impl Registry for RegistryService {
             })
             .await?;
         let (state, events, next) = found.ok_or_else(not_found)?;
-        let first_page = after == 0;
-        let cards = state
-            .known_cards()
+        // The cards, with their verdicts, on the first page only.
+        let known_cards = if after == 0 {
+            state.known_cards()
+        } else {
+            Vec::new()
+        };
+        let cards = known_cards
             .into_iter()
             .map(|(issued, expiry)| {
                 let card = Card {
@@ -296,7 +300,6 @@ impl Registry for RegistryService {
                     verdict: Some(check_response(verdict, sequence)),
                 }
             })
-            .filter(|_| first_page)
             .collect();
         Ok(Response::new(pb::CitizenRecord {
             id_number: number.to_string(),

@@ -293,11 +293,11 @@ impl<'a> Overlay<'a> {
         }
         let grant = match what_it_touches(&event.kind) {
             Touches::Withdrawal(target) => {
-                self.withdraw(sequence, valid, target, &recorder.grant)?;
+                self.withdraw(sequence, valid, &key, target, &recorder.grant)?;
                 Some(recorder.grant.to_wire())
             }
             Touches::Number(number, fact) => {
-                self.register(sequence, valid, number, fact)?;
+                self.register(sequence, valid, &key, number, fact)?;
                 None
             }
         };
@@ -329,16 +329,17 @@ impl<'a> Overlay<'a> {
         &mut self,
         sequence: u64,
         valid: &ValidEvent,
+        key: &ReportKey,
         number: CitizenNumber,
         fact: Fact,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), StoreError> {
         let mut entries = vec![Entry {
             sequence,
             occurred_at: valid.event.occurred_at,
             fact,
             withdrawn_by: None,
         }];
-        for withdrawal in self.withdrawals_of(&valid.report_key())? {
+        for withdrawal in self.withdrawals_of(key)? {
             let fact = if withdrawal.grant.may_withdraw(&valid.canonical) {
                 Fact::Withdrawal { target: sequence }
             } else {
@@ -369,10 +370,11 @@ impl<'a> Overlay<'a> {
         &mut self,
         sequence: u64,
         valid: &ValidEvent,
+        key: &ReportKey,
         target: &ReportId,
         grant: &Grant,
     ) -> Result<(), ApplyError> {
-        for earlier in self.withdrawals_of(&valid.report_key())? {
+        for earlier in self.withdrawals_of(key)? {
             tracing::warn!(
                 withdrawal = earlier.sequence,
                 names = sequence,
@@ -380,9 +382,9 @@ impl<'a> Overlay<'a> {
             );
             self.refused_withdrawals += 1;
         }
-        let key = ReportKey::new(&valid.canonical.authority, target);
-        let Some(slot) = self.report(&key)? else {
-            if self.withdrawals_of(&key)?.len() >= MAX_WAITING_WITHDRAWALS {
+        let target_key = ReportKey::new(&valid.canonical.authority, target);
+        let Some(slot) = self.report(&target_key)? else {
+            if self.withdrawals_of(&target_key)?.len() >= MAX_WAITING_WITHDRAWALS {
                 return Err(ApplyError::Quota(format!(
                     "withdrawn.withdrawn_report_id: {MAX_WAITING_WITHDRAWALS} withdrawals already \
                      wait for {:?}; no more are taken until it arrives",
@@ -390,7 +392,7 @@ impl<'a> Overlay<'a> {
                 )));
             }
             self.pending_withdrawals.push((
-                key,
+                target_key,
                 ParkedWithdrawal {
                     sequence,
                     grant: grant.clone(),
