@@ -121,12 +121,12 @@ fn store_hit(c: &mut Criterion) {
         b.iter(|| {
             at = (at + 1) % cards.len();
             let card = &cards[at];
-            let state = store
-                .citizens(&[number(card)])
+            let summary = store
+                .summaries(&[number(card)])
                 .expect("read")
                 .pop()
                 .flatten();
-            verdict(card, state.as_ref(), TODAY)
+            verdict(card, summary.as_ref(), TODAY)
         })
     });
 }

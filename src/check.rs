@@ -1,6 +1,6 @@
 //! Answering checks. The index settles "no record", the hot path, from memory; only numbers that
-//! may have a record are read from the store, on the blocking pool, and the verdict is then the
-//! registry's pure function of card, state and day.
+//! may have a record are read from the store, on the blocking pool (their summary, not their
+//! history), and the verdict is then the registry's pure function of card, summary and day.
 
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ pub async fn check_cards(
     let mut states = if to_read.is_empty() {
         Vec::new()
     } else {
-        store.read(move |store| store.citizens(&to_read)).await?
+        store.read(move |store| store.summaries(&to_read)).await?
     }
     .into_iter();
     let verdicts = cards

@@ -1236,23 +1236,67 @@ async fn under_the_status_profile_timing_does_not_tell_stolen_from_superseded() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_long_history_is_read_in_pages_and_waiting_withdrawals_are_bounded() {
+async fn a_long_history_is_bounded_per_division_and_day_and_read_in_pages() {
     let fixture = Fixture::start(&[]);
     let shenzhen = fixture.as_principal("sz-police").await;
     let guangzhou = fixture.as_principal("gz-police").await;
     let mut records = RegistryClient::new(fixture.as_principal("audit-office").await);
     let id = number("44030519800101006");
-    // One organ flooding one number (nothing yet bounds this: see the README), and another.
-    let flood: Vec<_> = (0..60)
-        .map(|k| report_stolen(&format!("flood-{k}"), "440305", &id))
-        .collect();
+    // One division flooding one number gets 32 events a day on it; the rest are refused and
+    // change nothing, and no other division's allowance is touched.
+    let flood = |division: &str, count: usize| -> Vec<pb::RegistryEvent> {
+        (0..count)
+            .map(|k| report_stolen(&format!("flood-{division}-{k}"), division, &id))
+            .collect()
+    };
     let mut acks = RegistryClient::new(shenzhen.clone())
-        .submit(tokio_stream::iter(flood))
+        .submit(tokio_stream::iter(flood("440305", 40)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut refusals = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        refusals.extend(ack.error);
+    }
+    assert_eq!(refusals.len(), 8, "{refusals:?}");
+    let refusal = &refusals[0];
+    assert_eq!(refusal.code, Code::ResourceExhausted as i32, "{refusal:?}");
+    assert!(
+        refusal
+            .message
+            .contains("authority: division 440305 has recorded 32 events"),
+        "{refusal:?}"
+    );
+    let whole_record = pb::GetRecordRequest {
+        id_number: id.clone(),
+        ..Default::default()
+    };
+    let recorded = records
+        .get_record(whole_record.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recorded.events.len(), 32);
+    let refused = apply_as(&shenzhen, report_stolen("flood-late", "440305-unit9", &id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "a unit suffix is the same division"
+    );
+    let after = records.get_record(whole_record).await.unwrap().into_inner();
+    assert_eq!(after.sequence, recorded.sequence, "nothing was written");
+    let mut acks = RegistryClient::new(shenzhen.clone())
+        .submit(tokio_stream::iter(flood("440306", 28)))
         .await
         .unwrap()
         .into_inner();
     while let Some(ack) = acks.message().await.unwrap() {
-        assert!(ack.error.is_none(), "{ack:?}");
+        assert!(
+            ack.error.is_none(),
+            "another division has its own allowance: {ack:?}"
+        );
     }
     apply_as(&guangzhou, report_stolen("gz-flood", "440103", &id))
         .await

@@ -1,12 +1,18 @@
 //! The registry's meaning, with no I/O: the state of a citizen number is a fold of the events that
-//! touched it ([`state`]), and a card's verdict is a pure function of that state ([`verdict`]).
+//! touched it ([`state`]), folded again into what a check needs ([`summary`]), and a card's
+//! verdict is a pure function of that ([`verdict`]). What one division may record on a number in a
+//! day is bounded ([`tally`]).
 //! The store persists the state, the index caches which numbers have any, and the gRPC layer only
 //! translates.
 
 pub mod grant;
 pub mod state;
+pub mod summary;
+pub mod tally;
 pub mod verdict;
 
 pub use grant::{Denial, Grant, Permission, Recorder, Scopes};
 pub use state::{CardFact, CitizenState, Entry, Fact};
+pub use summary::Summary;
+pub use tally::{DailyTally, TallyFull};
 pub use verdict::{Reason, Verdict, verdict};

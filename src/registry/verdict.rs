@@ -1,12 +1,12 @@
-//! A card's verdict: a pure function of the card as presented, the state of its number and
-//! today's date (`DOMAIN.md` §3; verdict order from the API contract).
+//! A card's verdict: a pure function of the card as presented, the state of its number (through
+//! its [`Summary`]) and today's date (`DOMAIN.md` §3; verdict order from the API contract).
 
 use std::fmt;
 
 use time::{Date, OffsetDateTime};
 
 use crate::card::{Card, Expiry, FIRST_GENERATION_END, PresentedCard, start_of_day};
-use crate::registry::state::{CardFact, CitizenState, Fact};
+use crate::registry::summary::Summary;
 
 /// Why a card is invalid. The declaration order is the order of precedence: when several apply,
 /// the first one wins.
@@ -65,59 +65,47 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The verdict on `card`, given the state of its number (`None`: no event ever touched it) on
+/// The verdict on `card`, given the summary of its number (`None`: no event ever touched it) on
 /// `today` (UTC+8). First match wins: first generation; citizen cancelled; revoked; stolen; lost;
 /// superseded; expired (from the card as presented or from the registry's record of it).
-pub fn verdict(card: &PresentedCard, state: Option<&CitizenState>, today: Date) -> Verdict {
+pub fn verdict(card: &PresentedCard, summary: Option<&Summary>, today: Date) -> Verdict {
     match card {
         PresentedCard::FirstGeneration => Verdict::Invalid {
             reason: Reason::FirstGeneration,
             since: start_of_day(FIRST_GENERATION_END),
         },
-        PresentedCard::Current(card) => current_card_verdict(card, state, today),
+        PresentedCard::Current(card) => current_card_verdict(card, summary, today),
     }
 }
 
-fn current_card_verdict(card: &Card, state: Option<&CitizenState>, today: Date) -> Verdict {
+fn current_card_verdict(card: &Card, summary: Option<&Summary>, today: Date) -> Verdict {
     let mut winner: Option<(Reason, OffsetDateTime)> = None;
-    let mut consider = |reason: Reason, since: OffsetDateTime| {
-        if winner.is_none_or(|best| (reason, since) < best) {
+    let mut consider = |reason: Reason, since: Option<OffsetDateTime>| {
+        if let Some(since) = since
+            && winner.is_none_or(|best| (reason, since) < best)
+        {
             winner = Some((reason, since));
         }
     };
     let mut expiry = card.expiry;
-    let entries = state.map(CitizenState::entries).unwrap_or_default();
-    for entry in entries.iter().filter(|entry| entry.in_force()) {
-        let since = entry.occurred_at;
-        match entry.fact {
-            Fact::Cancelled => consider(Reason::CitizenCancelled, since),
-            Fact::Card {
-                fact,
-                issued,
-                expiry: stated,
-            } if issued == card.issued => {
-                expiry = expiry.stricter(stated);
-                match fact {
-                    CardFact::Revoked => consider(Reason::Revoked, since),
-                    CardFact::Stolen => consider(Reason::Stolen, since),
-                    CardFact::Lost => consider(Reason::Lost, since),
-                    CardFact::Issued => {}
-                }
-            }
-            Fact::Card {
-                fact: CardFact::Issued,
-                issued,
-                ..
-            } if issued > card.issued => consider(Reason::Superseded, since),
-            Fact::Card { .. } | Fact::Withdrawal { .. } | Fact::RefusedWithdrawal { .. } => {}
+    if let Some(summary) = summary {
+        consider(Reason::CitizenCancelled, summary.cancelled);
+        if let Some(same) = summary.card(card.issued) {
+            expiry = expiry.stricter(same.expiry);
+            consider(Reason::Revoked, same.revoked);
+            consider(Reason::Stolen, same.stolen);
+            consider(Reason::Lost, same.lost);
         }
+        consider(Reason::Superseded, summary.superseded_since(card.issued));
     }
     if let Expiry::On(end) = expiry
         && end < today
     {
         // Valid through its last day; `end < today` guarantees a next day exists.
-        let next = end.next_day().unwrap_or(end);
-        consider(Reason::Expired, start_of_day(next));
+        consider(
+            Reason::Expired,
+            Some(start_of_day(end.next_day().unwrap_or(end))),
+        );
     }
     match winner {
         None => Verdict::Valid,
@@ -129,7 +117,8 @@ fn current_card_verdict(card: &Card, state: Option<&CitizenState>, today: Date) 
 mod tests {
     use super::*;
     use crate::card::CitizenNumber;
-    use crate::registry::state::Entry;
+    use crate::registry::state::{CardFact, CitizenState, Entry, Fact};
+    use proptest::prelude::*;
     use time::macros::{date, datetime};
 
     const TODAY: Date = date!(2026 - 11 - 22);
@@ -165,7 +154,105 @@ mod tests {
         for entry in entries {
             state.record(entry);
         }
-        verdict(&card(expiry), Some(&state), TODAY)
+        verdict(&card(expiry), Some(&Summary::of(&state)), TODAY)
+    }
+
+    /// The contract's verdict read straight off every entry in force, as the registry computed
+    /// it before summaries: the oracle the summary's verdict must always agree with.
+    fn verdict_over_entries(card: &Card, state: &CitizenState, today: Date) -> Verdict {
+        let mut winner: Option<(Reason, OffsetDateTime)> = None;
+        let mut consider = |reason: Reason, since: OffsetDateTime| {
+            if winner.is_none_or(|best| (reason, since) < best) {
+                winner = Some((reason, since));
+            }
+        };
+        let mut expiry = card.expiry;
+        for entry in state.entries().iter().filter(|entry| entry.in_force()) {
+            let since = entry.occurred_at;
+            match entry.fact {
+                Fact::Cancelled => consider(Reason::CitizenCancelled, since),
+                Fact::Card {
+                    fact,
+                    issued,
+                    expiry: stated,
+                } if issued == card.issued => {
+                    expiry = expiry.stricter(stated);
+                    match fact {
+                        CardFact::Revoked => consider(Reason::Revoked, since),
+                        CardFact::Stolen => consider(Reason::Stolen, since),
+                        CardFact::Lost => consider(Reason::Lost, since),
+                        CardFact::Issued => {}
+                    }
+                }
+                Fact::Card {
+                    fact: CardFact::Issued,
+                    issued,
+                    ..
+                } if issued > card.issued => consider(Reason::Superseded, since),
+                _ => {}
+            }
+        }
+        if let Expiry::On(end) = expiry
+            && end < today
+        {
+            consider(Reason::Expired, start_of_day(end.next_day().unwrap_or(end)));
+        }
+        winner.map_or(Verdict::Valid, |(reason, since)| Verdict::Invalid {
+            reason,
+            since,
+        })
+    }
+
+    const DAYS: [Date; 4] = [
+        date!(2010 - 01 - 01),
+        date!(2015 - 06 - 01),
+        ISSUED,
+        date!(2024 - 03 - 03),
+    ];
+    const EXPIRIES: [Expiry; 4] = [
+        Expiry::Unknown,
+        Expiry::Long,
+        Expiry::On(date!(2025 - 01 - 01)),
+        Expiry::On(date!(2040 - 01 - 01)),
+    ];
+
+    fn any_fact() -> impl Strategy<Value = Fact> {
+        let card_fact = prop_oneof![
+            Just(CardFact::Lost),
+            Just(CardFact::Stolen),
+            Just(CardFact::Issued),
+            Just(CardFact::Revoked),
+        ];
+        prop_oneof![
+            6 => (card_fact, 0..DAYS.len(), 0..EXPIRIES.len()).prop_map(|(fact, day, expiry)| {
+                Fact::Card { fact, issued: DAYS[day], expiry: EXPIRIES[expiry] }
+            }),
+            1 => Just(Fact::Cancelled),
+            2 => (1..24u64).prop_map(|target| Fact::Withdrawal { target }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_summary_gives_the_verdict_of_every_entry(
+            facts in prop::collection::vec((any_fact(), 1..28u8), 0..24),
+            presented in 0..DAYS.len() + 1,
+            expiry in 0..EXPIRIES.len(),
+        ) {
+            let mut state = CitizenState::default();
+            for (at, (fact, day)) in facts.into_iter().enumerate() {
+                state.record(entry(at as u64 + 1, day, fact));
+            }
+            let card = Card {
+                number: CitizenNumber::from_packed(11010519491231002).unwrap(),
+                issued: DAYS.get(presented).copied().unwrap_or(date!(2012 - 02 - 02)),
+                expiry: EXPIRIES[expiry],
+            };
+            prop_assert_eq!(
+                verdict(&PresentedCard::Current(card), Some(&Summary::of(&state)), TODAY),
+                verdict_over_entries(&card, &state, TODAY)
+            );
+        }
     }
 
     fn reason_of(verdict: Verdict) -> Option<Reason> {

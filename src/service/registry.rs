@@ -18,7 +18,7 @@ use crate::event::{ValidEvent, validate_event};
 use crate::feed::{self, EventLog, HitLog, Log};
 use crate::ledger::Ledger;
 use crate::proto::v1::{self as pb, registry_server::Registry};
-use crate::registry::verdict;
+use crate::registry::{Summary, verdict};
 use crate::store::{Applied, ApplyError, PendingApply};
 
 /// Events of one `Submit` stream that may be queued or awaiting durability at once; past that the
@@ -256,7 +256,7 @@ impl Registry for RegistryService {
         let sequence = store.sequence();
         let found = store
             .read(move |store| {
-                let Some(state) = store.citizens(&[number])?.pop().flatten() else {
+                let Some(state) = store.history(number)? else {
                     return Ok(None);
                 };
                 let mut page: Vec<u64> = state
@@ -282,6 +282,7 @@ impl Registry for RegistryService {
         } else {
             Vec::new()
         };
+        let summary = Summary::of(&state);
         let cards = known_cards
             .into_iter()
             .map(|(issued, expiry)| {
@@ -290,7 +291,7 @@ impl Registry for RegistryService {
                     issued,
                     expiry,
                 };
-                let verdict = verdict(&PresentedCard::Current(card), Some(&state), today);
+                let verdict = verdict(&PresentedCard::Current(card), Some(&summary), today);
                 pb::CardRecord {
                     card: Some(pb::CardRef {
                         id_number: number.to_string(),

@@ -16,7 +16,8 @@
 //!    the `events` SSTs, and its entries, keyed by number, go to a second sort.
 //! 5. The accepted ids, still in id order, become the `reports` SSTs, and the waiting withdrawals
 //!    the `withdrawals` SSTs.
-//! 6. The entries, merged by number with any stored state, are folded into the `citizens` SSTs,
+//! 6. The entries, merged by number with any stored history, are folded into the `histories`
+//!    SSTs, and each number's summary into the `citizens` SSTs,
 //!    and the index of every number with a record is built on the way.
 //! 7. The SSTs are ingested and the index saved for the next start.
 //!
@@ -38,15 +39,16 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::codec::{self, ENTRY_BYTES, ReportSlot};
 use super::writer::{ParkedWithdrawal, Touches, what_it_touches};
 use super::{
-    CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, STREAM_KEY, StoreError,
-    StoreOptions, column_family, family_options, last_sequence, open_db, snapshot, stored_event,
+    CF_CITIZENS, CF_EVENTS, CF_HISTORIES, CF_REPORTS, CF_WITHDRAWALS, Corrupt, STREAM_KEY,
+    StoreError, StoreOptions, column_family, family_options, last_sequence, open_db, snapshot,
+    stored_event,
 };
 use crate::card::{CitizenNumber, FieldError, Rule};
 use crate::event::{ReportKey, ValidEvent};
 use crate::extsort::{Runs, Sorter, read_more};
 use crate::index::RecordIndex;
 use crate::proto;
-use crate::registry::{CitizenState, Entry, Fact, Grant};
+use crate::registry::{CitizenState, DailyTally, Entry, Fact, Grant, Summary};
 
 /// The default column family's key marking an ingestion in progress.
 const INGESTING_KEY: &[u8] = b"idguard.ingesting";
@@ -57,7 +59,13 @@ const SST_FILE_BYTES: u64 = 512 << 20;
 /// How often (in records) a step reports progress.
 const PROGRESS_EVERY: u64 = 1 << 16;
 /// The column families an import writes, in the order they are ingested.
-const INGESTED: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
+const INGESTED: [&str; 5] = [
+    CF_EVENTS,
+    CF_REPORTS,
+    CF_WITHDRAWALS,
+    CF_HISTORIES,
+    CF_CITIZENS,
+];
 
 /// Where a record came from: the index of its input file and its line, for naming refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +338,7 @@ struct Collected {
 }
 
 /// The SSTs of each ingested column family, in [`INGESTED`] order.
-type SstSet = [Vec<PathBuf>; 4];
+type SstSet = [Vec<PathBuf>; 5];
 
 impl Collected {
     /// Steps 2 to 7.
@@ -361,11 +369,15 @@ impl Collected {
         let (events, entries) = events?;
         let reports = reports?;
         let withdrawals = self.write_waiting(&sst_options, &sequences)?;
-        let (citizens, index) = self.write_citizens(&sst_options, entries, progress)?;
+        let ((histories, citizens), index) =
+            self.write_citizens(&sst_options, entries, progress)?;
         summary.accepted = self.events - sequences.dropped.count();
         summary.last_sequence = last + summary.accepted;
         summary.numbers = index.len() as u64;
-        self.ingest_all(&[events, reports, withdrawals, citizens], progress)?;
+        self.ingest_all(
+            &[events, reports, withdrawals, histories, citizens],
+            progress,
+        )?;
         if let Err(why) = snapshot::save(&self.data_dir, &self.db, &index, summary.last_sequence) {
             tracing::warn!(%why, "the next start will rebuild the index");
         }
@@ -703,9 +715,9 @@ impl Collected {
         sst_options: &Options,
         entries: Runs,
         progress: &mut dyn Progress,
-    ) -> Result<(Vec<PathBuf>, RecordIndex), StoreError> {
+    ) -> Result<((Vec<PathBuf>, Vec<PathBuf>), RecordIndex), StoreError> {
         progress.step("folding citizens", entries.len());
-        let cf = column_family(&self.db, CF_CITIZENS);
+        let cf = column_family(&self.db, CF_HISTORIES);
         let estimate = self
             .db
             .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
@@ -716,9 +728,11 @@ impl Collected {
             indexed: Vec::with_capacity(4096),
         };
         stored.keys.seek_to_first();
-        let mut ssts = SstFiles::new(sst_options, &self.work, CF_CITIZENS);
+        let mut histories = SstFiles::new(sst_options, &self.work, CF_HISTORIES);
+        let mut summaries = SstFiles::new(sst_options, &self.work, CF_CITIZENS);
         let mut fold = |number: u64, new: Vec<Entry>| -> Result<(), StoreError> {
-            let mut state = stored.through(number)?.unwrap_or_default();
+            // The import is the operator's: it counts against no division's daily allowance.
+            let (mut state, tally) = stored.through(number)?.unwrap_or_default();
             // A withdrawal marks a target already recorded, as the writer records them.
             let (withdrawals, facts): (Vec<Entry>, Vec<Entry>) = new
                 .into_iter()
@@ -727,7 +741,9 @@ impl Collected {
                 .into_iter()
                 .chain(withdrawals)
                 .for_each(|entry| state.record(entry));
-            ssts.put(&number.to_be_bytes(), &codec::encode_citizen(&state))
+            let key = number.to_be_bytes();
+            histories.put(&key, &codec::encode_history(&state, &tally))?;
+            summaries.put(&key, &codec::encode_summary(&Summary::of(&state)))
         };
         // The merge runs on the other core, handing over whole numbers' entries.
         let (groups_out, groups_in) = sync_channel::<Vec<(u64, Vec<Entry>)>>(GROUP_CHUNKS_QUEUED);
@@ -745,7 +761,7 @@ impl Collected {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
-        Ok((ssts.finish()?, stored.rest()?))
+        Ok(((histories.finish()?, summaries.finish()?), stored.rest()?))
     }
 }
 
@@ -884,8 +900,8 @@ struct StoredCitizens<'db> {
 
 impl StoredCitizens<'_> {
     /// Indexes every stored number up to `number` and `number` itself, and returns its stored
-    /// state, if any.
-    fn through(&mut self, number: u64) -> Result<Option<CitizenState>, StoreError> {
+    /// history, if any.
+    fn through(&mut self, number: u64) -> Result<Option<(CitizenState, DailyTally)>, StoreError> {
         let key = number.to_be_bytes();
         let mut state = None;
         while let Some(stored) = self.keys.key() {
@@ -893,7 +909,7 @@ impl StoredCitizens<'_> {
                 break;
             }
             if stored == key {
-                state = Some(codec::decode_citizen(
+                state = Some(codec::decode_history(
                     self.keys.value().unwrap_or_default(),
                 )?);
             } else {

@@ -6,7 +6,8 @@ use time::{Date, OffsetDateTime};
 
 use crate::card::{CitizenNumber, Expiry};
 use crate::proto::v1 as pb;
-use crate::registry::{CardFact, CitizenState, Entry, Fact, Grant};
+use crate::registry::summary::CardStanding;
+use crate::registry::{CardFact, CitizenState, DailyTally, Entry, Fact, Grant, Summary};
 
 /// A stored value the code cannot read: the data dir is damaged or from an unknown version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +31,8 @@ fn corrupt(what: &'static str, why: impl Into<String>) -> Corrupt {
     }
 }
 
-const CITIZEN_STATE_V1: u8 = 1;
+const HISTORY_V1: u8 = 1;
+const SUMMARY_V1: u8 = 1;
 /// The size of one encoded [`Entry`].
 pub const ENTRY_BYTES: usize = 8 + 1 + 4 + 1 + 4 + 16 + 8;
 
@@ -161,14 +163,171 @@ fn day_from(number: i32) -> Result<Date, Corrupt> {
     Date::from_julian_day(number).map_err(|error| corrupt("date", error.to_string()))
 }
 
-/// Encodes a citizen's state: a version byte, then fixed-width entries.
-pub fn encode_citizen(state: &CitizenState) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 + state.entries().len() * ENTRY_BYTES);
-    bytes.push(CITIZEN_STATE_V1);
+/// Encodes a number's history: a version byte, the day's tally (its Julian day, the number of
+/// divisions, then each division and its count), then the fixed-width entries.
+pub fn encode_history(state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
+    let (day, counts) = tally.parts();
+    let mut bytes =
+        Vec::with_capacity(1 + 6 + counts.len() * 6 + state.entries().len() * ENTRY_BYTES);
+    bytes.push(HISTORY_V1);
+    bytes.extend_from_slice(&day.to_be_bytes());
+    let divisions = u16::try_from(counts.len()).unwrap_or(u16::MAX);
+    bytes.extend_from_slice(&divisions.to_be_bytes());
+    for (division, count) in counts.iter().take(usize::from(divisions)) {
+        bytes.extend_from_slice(&division.to_be_bytes());
+        bytes.extend_from_slice(&count.to_be_bytes());
+    }
     for entry in state.entries() {
         bytes.extend_from_slice(&encode_entry(entry));
     }
     bytes
+}
+
+/// Decodes what [`encode_history`] wrote.
+pub fn decode_history(bytes: &[u8]) -> Result<(CitizenState, DailyTally), Corrupt> {
+    let what = "citizen history";
+    let mut reader = Reader { what, bytes };
+    let version = reader.u8()?;
+    if version != HISTORY_V1 {
+        return Err(corrupt(what, format!("unknown version {version}")));
+    }
+    let day = reader.i32()?;
+    let divisions = reader.u16()?;
+    let counts = (0..divisions)
+        .map(|_| Ok((reader.u32()?, reader.u16()?)))
+        .collect::<Result<_, Corrupt>>()?;
+    let body = reader.bytes;
+    if body.len() % ENTRY_BYTES != 0 {
+        return Err(corrupt(what, format!("{} bytes of entries", body.len())));
+    }
+    let entries = body
+        .chunks_exact(ENTRY_BYTES)
+        .map(|chunk| decode_entry(chunk).map_err(|why| corrupt(what, why)))
+        .collect::<Result<_, _>>()?;
+    Ok((
+        CitizenState::from_entries(entries),
+        DailyTally::from_parts(day, counts),
+    ))
+}
+
+/// Encodes what checks read of a number: a version byte, the cancellation's time (a presence
+/// byte, then nanoseconds since the epoch), then per card its issue date, its expiry, a byte
+/// saying which of its four times follow, and those times.
+pub fn encode_summary(summary: &Summary) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + 17 + summary.cards.len() * (10 + 4 * 16));
+    bytes.push(SUMMARY_V1);
+    bytes.push(u8::from(summary.cancelled.is_some()));
+    if let Some(at) = summary.cancelled {
+        bytes.extend_from_slice(&at.unix_timestamp_nanos().to_be_bytes());
+    }
+    for card in &summary.cards {
+        bytes.extend_from_slice(&day_number(card.issued).to_be_bytes());
+        let (expiry_tag, expiry_day) = encode_expiry(card.expiry);
+        bytes.push(expiry_tag);
+        bytes.extend_from_slice(&expiry_day.to_be_bytes());
+        let times = [card.lost, card.stolen, card.revoked, card.issued_from_here];
+        let present = times.iter().enumerate().fold(0u8, |mask, (bit, time)| {
+            mask | (u8::from(time.is_some()) << bit)
+        });
+        bytes.push(present);
+        for at in times.into_iter().flatten() {
+            bytes.extend_from_slice(&at.unix_timestamp_nanos().to_be_bytes());
+        }
+    }
+    bytes
+}
+
+/// Decodes what [`encode_summary`] wrote.
+pub fn decode_summary(bytes: &[u8]) -> Result<Summary, Corrupt> {
+    let what = "citizen summary";
+    let mut reader = Reader { what, bytes };
+    let version = reader.u8()?;
+    if version != SUMMARY_V1 {
+        return Err(corrupt(what, format!("unknown version {version}")));
+    }
+    let cancelled = match reader.u8()? {
+        0 => None,
+        _ => Some(reader.instant()?),
+    };
+    let mut cards = Vec::new();
+    while !reader.bytes.is_empty() {
+        let issued = day_from(reader.i32()?)?;
+        let expiry =
+            decode_expiry(reader.u8()?, reader.i32()?).map_err(|why| corrupt(what, why))?;
+        let present = reader.u8()?;
+        let mut time = |bit: u8| -> Result<Option<OffsetDateTime>, Corrupt> {
+            (present & (1 << bit) != 0)
+                .then(|| reader.instant())
+                .transpose()
+        };
+        cards.push(CardStanding {
+            issued,
+            expiry,
+            lost: time(0)?,
+            stolen: time(1)?,
+            revoked: time(2)?,
+            issued_from_here: time(3)?,
+        });
+    }
+    Ok(Summary { cancelled, cards })
+}
+
+/// Reads fixed-width fields off the front of a stored value.
+struct Reader<'a> {
+    what: &'static str,
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], Corrupt> {
+        let Some((field, rest)) = self.bytes.split_first_chunk::<N>() else {
+            return Err(corrupt(
+                self.what,
+                format!("cut short: {} bytes left", self.bytes.len()),
+            ));
+        };
+        self.bytes = rest;
+        Ok(*field)
+    }
+
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Corrupt> {
+        Ok(u16::from_be_bytes(self.take()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        Ok(u32::from_be_bytes(self.take()?))
+    }
+
+    fn i32(&mut self) -> Result<i32, Corrupt> {
+        Ok(i32::from_be_bytes(self.take()?))
+    }
+
+    fn instant(&mut self) -> Result<OffsetDateTime, Corrupt> {
+        let nanos = i128::from_be_bytes(self.take()?);
+        OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .map_err(|error| corrupt(self.what, error.to_string()))
+    }
+}
+
+fn encode_expiry(expiry: Expiry) -> (u8, i32) {
+    match expiry {
+        Expiry::Unknown => (0, 0),
+        Expiry::Long => (1, 0),
+        Expiry::On(day) => (2, day_number(day)),
+    }
+}
+
+fn decode_expiry(tag: u8, day: i32) -> Result<Expiry, String> {
+    match tag {
+        0 => Ok(Expiry::Unknown),
+        1 => Ok(Expiry::Long),
+        2 => Ok(Expiry::On(day_from(day).map_err(|error| error.why)?)),
+        other => Err(format!("unknown expiry tag {other}")),
+    }
 }
 
 /// The fixed-width form of one entry; it starts with the sequence, big-endian, so entries sort
@@ -192,11 +351,7 @@ pub fn encode_entry(entry: &Entry) -> [u8; ENTRY_BYTES] {
         Fact::Withdrawal { target } => (5, 0, Expiry::Unknown, Some(target)),
         Fact::RefusedWithdrawal { target } => (6, 0, Expiry::Unknown, Some(target)),
     };
-    let (expiry_tag, expiry_day) = match expiry {
-        Expiry::Unknown => (0u8, 0),
-        Expiry::Long => (1, 0),
-        Expiry::On(day) => (2, day_number(day)),
-    };
+    let (expiry_tag, expiry_day) = encode_expiry(expiry);
     let mut bytes = [0u8; ENTRY_BYTES];
     bytes[..8].copy_from_slice(&entry.sequence.to_be_bytes());
     bytes[8] = tag;
@@ -208,23 +363,6 @@ pub fn encode_entry(entry: &Entry) -> [u8; ENTRY_BYTES] {
     bytes
 }
 
-/// Decodes what [`encode_citizen`] wrote.
-pub fn decode_citizen(bytes: &[u8]) -> Result<CitizenState, Corrupt> {
-    let what = "citizen state";
-    let (&version, body) = bytes.split_first().ok_or_else(|| corrupt(what, "empty"))?;
-    if version != CITIZEN_STATE_V1 {
-        return Err(corrupt(what, format!("unknown version {version}")));
-    }
-    if body.len() % ENTRY_BYTES != 0 {
-        return Err(corrupt(what, format!("{} bytes of entries", body.len())));
-    }
-    let entries = body
-        .chunks_exact(ENTRY_BYTES)
-        .map(|chunk| decode_entry(chunk).map_err(|why| corrupt(what, why)))
-        .collect::<Result<_, _>>()?;
-    Ok(CitizenState::from_entries(entries))
-}
-
 /// Decodes what [`encode_entry`] wrote.
 pub fn decode_entry(chunk: &[u8]) -> Result<Entry, String> {
     let take = |range: std::ops::Range<usize>| &chunk[range];
@@ -233,12 +371,7 @@ pub fn decode_entry(chunk: &[u8]) -> Result<Entry, String> {
     let sequence = u64_at(0);
     let tag = chunk[8];
     let issued = i32_at(9);
-    let expiry = match (chunk[13], i32_at(14)) {
-        (0, _) => Expiry::Unknown,
-        (1, _) => Expiry::Long,
-        (2, day) => Expiry::On(day_from(day).map_err(|error| error.why)?),
-        (other, _) => return Err(format!("unknown expiry tag {other}")),
-    };
+    let expiry = decode_expiry(chunk[13], i32_at(14))?;
     let nanos = i128::from_be_bytes(take(18..34).try_into().unwrap_or_default());
     let occurred_at =
         OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|error| error.to_string())?;
@@ -330,14 +463,25 @@ mod tests {
             },
         ];
         let state = CitizenState::from_entries(entries);
-        assert_eq!(decode_citizen(&encode_citizen(&state)), Ok(state));
+        let mut tally = DailyTally::default();
+        tally.admit(440305, date!(2026 - 11 - 22)).unwrap();
+        tally.admit(110105, date!(2026 - 11 - 22)).unwrap();
+        assert_eq!(
+            decode_history(&encode_history(&state, &tally)),
+            Ok((state.clone(), tally))
+        );
+        let summary = Summary::of(&state);
+        assert!(summary.cancelled.is_some() && !summary.cards.is_empty());
+        assert_eq!(decode_summary(&encode_summary(&summary)), Ok(summary));
     }
 
     #[test]
     fn damaged_values_are_reported_not_misread() {
-        assert!(decode_citizen(&[]).is_err());
-        assert!(decode_citizen(&[9]).is_err());
-        assert!(decode_citizen(&[CITIZEN_STATE_V1, 0, 0]).is_err());
+        assert!(decode_history(&[]).is_err());
+        assert!(decode_history(&[9]).is_err());
+        assert!(decode_history(&[HISTORY_V1, 0, 0, 0, 0, 0, 1]).is_err());
+        assert!(decode_summary(&[SUMMARY_V1, 1, 0]).is_err());
+        assert!(decode_summary(&[SUMMARY_V1, 0, 0, 0]).is_err());
         assert!(ReportSlot::decode(&[0; 15]).is_err());
     }
 

@@ -5,7 +5,9 @@
 //! - `events`: the append-only event log, sequence → `RegistryChange` (protobuf);
 //! - `reports`: `report_id` → its sequence and number, for idempotent retries and withdrawals;
 //! - `withdrawals`: withdrawals whose target has not arrived yet, keyed by target then sequence;
-//! - `citizens`: packed number → the number's [`CitizenState`];
+//! - `citizens`: packed number → the number's [`Summary`], all a check reads;
+//! - `histories`: packed number → the number's [`CitizenState`] and the day's
+//!   [`DailyTally`](crate::registry::DailyTally), rewritten together with the summary by every event that touches the number;
 //! - `hits`: the hit log, hit sequence → `Hit` (protobuf), written by its own thread ([`hits`]).
 //!
 //! Every accepted event is written with everything it changes in one atomic, WAL-synced
@@ -35,7 +37,7 @@ use crate::card::{CitizenNumber, FieldError};
 use crate::event::{ReportKey, ValidEvent};
 use crate::index::RecordIndex;
 use crate::proto::v1 as pb;
-use crate::registry::{CitizenState, Denial, Recorder};
+use crate::registry::{CitizenState, Denial, Recorder, Summary};
 
 pub use backup::{registry_sequence, restore};
 pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
@@ -46,12 +48,23 @@ use writer::Placement;
 const CF_EVENTS: &str = "events";
 const CF_REPORTS: &str = "reports";
 const CF_WITHDRAWALS: &str = "withdrawals";
+/// Per number, what a check reads of it ([`crate::registry::Summary`]): small, whatever the
+/// history's length.
 const CF_CITIZENS: &str = "citizens";
+/// Per number, every entry and the day's tally: what the writer folds and `GetRecord` lists.
+const CF_HISTORIES: &str = "histories";
 /// Added after the first release: created in a registry that lacks it.
 const CF_HITS: &str = "hits";
 /// Families a registry of an earlier release may lack.
 const ADDED_FAMILIES: [&str; 1] = [CF_HITS];
-const COLUMN_FAMILIES: [&str; 5] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS, CF_HITS];
+const COLUMN_FAMILIES: [&str; 6] = [
+    CF_EVENTS,
+    CF_REPORTS,
+    CF_WITHDRAWALS,
+    CF_CITIZENS,
+    CF_HISTORIES,
+    CF_HITS,
+];
 
 /// How many submissions may wait for the writer before submitters are slowed down.
 const WRITER_QUEUE: usize = 4096;
@@ -554,11 +567,8 @@ impl Store {
             .map_err(|error| StoreError::Interrupted(error.to_string()))?
     }
 
-    /// The states of several numbers, in order (`None`: no record). Blocking.
-    pub fn citizens(
-        &self,
-        numbers: &[CitizenNumber],
-    ) -> Result<Vec<Option<CitizenState>>, StoreError> {
+    /// What checks need of several numbers, in order (`None`: no record). Blocking.
+    pub fn summaries(&self, numbers: &[CitizenNumber]) -> Result<Vec<Option<Summary>>, StoreError> {
         let cf = self.shared.cf(CF_CITIZENS);
         let keys: Vec<[u8; 8]> = numbers.iter().copied().map(codec::citizen_key).collect();
         self.shared
@@ -567,10 +577,21 @@ impl Store {
             .into_iter()
             .map(|found| {
                 found?
-                    .map(|bytes| codec::decode_citizen(&bytes).map_err(StoreError::from))
+                    .map(|bytes| codec::decode_summary(&bytes).map_err(StoreError::from))
                     .transpose()
             })
             .collect()
+    }
+
+    /// The whole state of a number (`None`: no record). Blocking.
+    pub fn history(&self, number: CitizenNumber) -> Result<Option<CitizenState>, StoreError> {
+        let stored = self
+            .shared
+            .db
+            .get_pinned_cf(self.shared.cf(CF_HISTORIES), codec::citizen_key(number))?;
+        Ok(stored
+            .map(|bytes| codec::decode_history(&bytes).map(|(state, _)| state))
+            .transpose()?)
     }
 
     /// The accepted event whose `report_id` lives at `key`, as recorded, if there is one.
@@ -633,7 +654,7 @@ impl Drop for Store {
 /// The default column family's key for the schema version of the data dir.
 const SCHEMA_KEY: &[u8] = b"idguard.schema";
 /// The layout of keys and values this code reads and writes (`codec`).
-const SCHEMA_VERSION: &[u8] = b"2";
+const SCHEMA_VERSION: &[u8] = b"3";
 /// The default column family's key [`Store::probe_write`] writes.
 const PROBE_KEY: &[u8] = b"idguard.probe";
 /// The default column family's key for the name of the cluster stream the registry follows.

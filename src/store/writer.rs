@@ -17,13 +17,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, ReportSlot};
 use super::{
-    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_POSITION_KEY, Shared,
-    StoreError,
+    ApplyError, CF_CITIZENS, CF_EVENTS, CF_HISTORIES, CF_REPORTS, CF_WITHDRAWALS,
+    STREAM_POSITION_KEY, Shared, StoreError,
 };
-use crate::card::{Card, CitizenNumber, FieldError, Rule};
+use crate::card::{Card, CitizenNumber, FieldError, Rule, china_today};
 use crate::event::{EventKind, Loss, ReportId, ReportKey, ValidEvent};
 use crate::proto::{self, v1 as pb};
-use crate::registry::{CardFact, CitizenState, Denial, Entry, Fact, Grant, Recorder};
+use crate::registry::tally::division_of;
+use crate::registry::{
+    CardFact, CitizenState, DailyTally, Denial, Entry, Fact, Grant, Recorder, Summary,
+};
 
 /// The most submissions committed by one WAL sync.
 const MAX_GROUP: usize = 1024;
@@ -161,7 +164,7 @@ struct Overlay<'a> {
     recorded_at: OffsetDateTime,
     events: BTreeMap<u64, pb::RegistryChange>,
     reports: HashMap<ReportKey, ReportSlot>,
-    citizens: HashMap<CitizenNumber, CitizenState>,
+    citizens: HashMap<CitizenNumber, History>,
     /// Withdrawals accepted in this group whose target is not registered yet.
     pending_withdrawals: Vec<(ReportKey, ParkedWithdrawal)>,
     /// Withdrawals found in this group never to apply to the target they name.
@@ -203,19 +206,38 @@ impl<'a> Overlay<'a> {
         self.shared.event(sequence)
     }
 
-    fn citizen(&mut self, number: CitizenNumber) -> Result<&mut CitizenState, StoreError> {
+    fn citizen(&mut self, number: CitizenNumber) -> Result<&mut History, StoreError> {
         if !self.citizens.contains_key(&number) {
             let stored = self
                 .shared
                 .db
-                .get_pinned_cf(self.shared.cf(CF_CITIZENS), codec::citizen_key(number))?;
-            let state = match stored {
-                Some(bytes) => codec::decode_citizen(&bytes)?,
-                None => CitizenState::default(),
+                .get_pinned_cf(self.shared.cf(CF_HISTORIES), codec::citizen_key(number))?;
+            let (state, tally) = match stored {
+                Some(bytes) => codec::decode_history(&bytes)?,
+                None => Default::default(),
             };
-            self.citizens.insert(number, state);
+            self.citizens.insert(number, History { state, tally });
         }
         Ok(self.citizens.entry(number).or_default())
+    }
+
+    /// The history of `number`, once the event's division is admitted to it for the registry
+    /// day of `recorded_at`.
+    fn admitted(
+        &mut self,
+        number: CitizenNumber,
+        valid: &ValidEvent,
+        recorded_at: OffsetDateTime,
+    ) -> Result<&mut History, ApplyError> {
+        let history = self.citizen(number)?;
+        history
+            .tally
+            .admit(
+                division_of(&valid.canonical.authority),
+                china_today(recorded_at),
+            )
+            .map_err(|full| ApplyError::Quota(full.to_string()))?;
+        Ok(history)
     }
 
     /// The withdrawals waiting for `target`, stored or in this group.
@@ -293,11 +315,11 @@ impl<'a> Overlay<'a> {
         }
         let grant = match what_it_touches(&event.kind) {
             Touches::Withdrawal(target) => {
-                self.withdraw(sequence, valid, &key, target, &recorder.grant)?;
+                self.withdraw(sequence, recorded_at, valid, &key, target, &recorder.grant)?;
                 Some(recorder.grant.to_wire())
             }
             Touches::Number(number, fact) => {
-                self.register(sequence, valid, &key, number, fact)?;
+                self.register(sequence, recorded_at, valid, &key, number, fact)?;
                 None
             }
         };
@@ -324,15 +346,18 @@ impl<'a> Overlay<'a> {
     }
 
     /// Records an event about a number, together with the withdrawals of it that arrived first:
-    /// each undoes it if its grant covers it, and is kept as refused otherwise.
+    /// each undoes it if its grant covers it, and is kept as refused otherwise. Refused when the
+    /// event's division has used up its day's allowance on the number.
     fn register(
         &mut self,
         sequence: u64,
+        recorded_at: OffsetDateTime,
         valid: &ValidEvent,
         key: &ReportKey,
         number: CitizenNumber,
         fact: Fact,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ApplyError> {
+        self.admitted(number, valid, recorded_at)?;
         let mut entries = vec![Entry {
             sequence,
             occurred_at: valid.event.occurred_at,
@@ -353,28 +378,76 @@ impl<'a> Overlay<'a> {
                 withdrawn_by: None,
             });
         }
-        let state = self.citizen(number)?;
+        let history = self.citizen(number)?;
         for entry in entries {
-            state.record(entry);
+            history.state.record(entry);
         }
         Ok(())
     }
 
     /// Records a withdrawal against its target's number, or keeps it (with the withdrawer's
     /// grant) until the target arrives. Refused when it names a withdrawal or an event outside
-    /// the grant. A withdrawal is never withdrawn, whichever comes first (`DOMAIN.md` §3): one
-    /// that named this one before it arrived is refused now, in the count of refused
-    /// withdrawals, as it was acknowledged already; this one applies as it would have anyway, so
-    /// that the order of arrival changes nothing.
+    /// the grant, or when its division has used up its day's allowance on the target's number.
+    /// A withdrawal is never withdrawn, whichever comes first (`DOMAIN.md` §3): one that named
+    /// this one before it arrived is refused now, in the count of refused withdrawals, as it was
+    /// acknowledged already; this one applies as it would have anyway, so that the order of
+    /// arrival changes nothing.
     fn withdraw(
         &mut self,
         sequence: u64,
+        recorded_at: OffsetDateTime,
         valid: &ValidEvent,
         key: &ReportKey,
         target: &ReportId,
         grant: &Grant,
     ) -> Result<(), ApplyError> {
-        for earlier in self.withdrawals_of(key)? {
+        let named_this_one = self.withdrawals_of(key)?;
+        let target_key = ReportKey::new(&valid.canonical.authority, target);
+        match self.report(&target_key)? {
+            None => {
+                if self.withdrawals_of(&target_key)?.len() >= MAX_WAITING_WITHDRAWALS {
+                    return Err(ApplyError::Quota(format!(
+                        "withdrawn.withdrawn_report_id: {MAX_WAITING_WITHDRAWALS} withdrawals \
+                         already wait for {:?}; no more are taken until it arrives",
+                        target.as_str()
+                    )));
+                }
+                self.pending_withdrawals.push((
+                    target_key,
+                    ParkedWithdrawal {
+                        sequence,
+                        grant: grant.clone(),
+                    },
+                ));
+            }
+            Some(ReportSlot { number: None, .. }) => {
+                return Err(FieldError::new(
+                    "withdrawn.withdrawn_report_id",
+                    Rule::WithdrawsWithdrawal,
+                )
+                .into());
+            }
+            Some(ReportSlot {
+                sequence: target_sequence,
+                number: Some(number),
+            }) => {
+                let target_event = self.event(target_sequence)?.event.unwrap_or_default();
+                if !grant.may_withdraw(&target_event) {
+                    return Err(Denial::TargetOutside.into());
+                }
+                self.admitted(number, valid, recorded_at)?
+                    .state
+                    .record(Entry {
+                        sequence,
+                        occurred_at: valid.event.occurred_at,
+                        fact: Fact::Withdrawal {
+                            target: target_sequence,
+                        },
+                        withdrawn_by: None,
+                    });
+            }
+        }
+        for earlier in named_this_one {
             tracing::warn!(
                 withdrawal = earlier.sequence,
                 names = sequence,
@@ -382,43 +455,6 @@ impl<'a> Overlay<'a> {
             );
             self.refused_withdrawals += 1;
         }
-        let target_key = ReportKey::new(&valid.canonical.authority, target);
-        let Some(slot) = self.report(&target_key)? else {
-            if self.withdrawals_of(&target_key)?.len() >= MAX_WAITING_WITHDRAWALS {
-                return Err(ApplyError::Quota(format!(
-                    "withdrawn.withdrawn_report_id: {MAX_WAITING_WITHDRAWALS} withdrawals already \
-                     wait for {:?}; no more are taken until it arrives",
-                    target.as_str()
-                )));
-            }
-            self.pending_withdrawals.push((
-                target_key,
-                ParkedWithdrawal {
-                    sequence,
-                    grant: grant.clone(),
-                },
-            ));
-            return Ok(());
-        };
-        let Some(number) = slot.number else {
-            return Err(FieldError::new(
-                "withdrawn.withdrawn_report_id",
-                Rule::WithdrawsWithdrawal,
-            )
-            .into());
-        };
-        let target_event = self.event(slot.sequence)?.event.unwrap_or_default();
-        if !grant.may_withdraw(&target_event) {
-            return Err(Denial::TargetOutside.into());
-        }
-        self.citizen(number)?.record(Entry {
-            sequence,
-            occurred_at: valid.event.occurred_at,
-            fact: Fact::Withdrawal {
-                target: slot.sequence,
-            },
-            withdrawn_by: None,
-        });
         Ok(())
     }
 
@@ -452,18 +488,31 @@ impl<'a> Overlay<'a> {
             batch.put(STREAM_POSITION_KEY, position.to_be_bytes());
         }
         let mut touched = Vec::with_capacity(self.citizens.len());
-        for (number, state) in &self.citizens {
-            if !state.entries().is_empty() {
+        for (number, history) in &self.citizens {
+            if !history.state.entries().is_empty() {
+                let key = codec::citizen_key(*number);
+                batch.put_cf(
+                    shared.cf(CF_HISTORIES),
+                    key,
+                    codec::encode_history(&history.state, &history.tally),
+                );
                 batch.put_cf(
                     shared.cf(CF_CITIZENS),
-                    codec::citizen_key(*number),
-                    codec::encode_citizen(state),
+                    key,
+                    codec::encode_summary(&Summary::of(&history.state)),
                 );
                 touched.push(*number);
             }
         }
         (batch, touched, self.events.into_values().collect())
     }
+}
+
+/// What the writer folds for one number: its state, and the day's tally of who recorded on it.
+#[derive(Debug, Default)]
+struct History {
+    state: CitizenState,
+    tally: DailyTally,
 }
 
 /// A withdrawal accepted before the event it names, waiting for it with what its sender was
