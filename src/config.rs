@@ -63,6 +63,10 @@ pub struct ServeConfig {
     /// Client connections open at once; past it, new ones wait in the kernel's backlog.
     #[arg(long, env = "IDGUARD_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Seconds a client connection may stay open with no call in flight before it is closed
+    /// (a `Watch` stream is a call in flight, however quiet).
+    #[arg(long, env = "IDGUARD_IDLE_TIMEOUT_SECS", default_value_t = crate::connection::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
     /// NATS servers of the cluster's event stream, comma-separated (`nats://HOST:PORT,...`):
     /// this node then records events in that JetStream stream and applies every node's events
     /// from it. Without it, the node runs alone on its embedded registry.

@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connection;
 pub mod event;
 pub mod export;
 pub mod extsort;

@@ -15,6 +15,7 @@ use tonic_health::server::HealthReporter;
 use crate::access::{Access, GateLayer, Policy, PolicyError};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::ServeConfig;
+use crate::connection::{ActivityLayer, limited_incoming};
 use crate::ledger::Ledger;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::registry_server::RegistryServer;
@@ -128,6 +129,8 @@ pub struct Guards {
     pub signer: Option<Arc<VerdictSigner>>,
     pub streams_per_connection: u32,
     pub max_connections: usize,
+    /// How long a connection may stay open with no call in flight.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for Guards {
@@ -139,6 +142,7 @@ impl Default for Guards {
             signer: None,
             streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: crate::connection::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -170,6 +174,7 @@ impl Guards {
             signer: signer.map(Arc::new),
             streams_per_connection: config.streams_per_connection,
             max_connections: config.max_connections,
+            idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs),
         })
     }
 }
@@ -205,83 +210,6 @@ fn builder(guards_tls: Option<ServerTlsConfig>, streams: u32) -> Result<Server, 
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(KEEPALIVE_INTERVAL)))
-}
-
-/// Accepted connections, at most `max` open at once: past it the listener is not read, so that
-/// the kernel's backlog, not this process, holds the excess.
-fn limited_incoming(
-    listener: TcpListener,
-    max: usize,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Counted>> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(max));
-    let (connections, incoming) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                return;
-            };
-            let accepted = listener.accept().await.map(|(stream, _)| {
-                // Checks are small writes that must not wait for Nagle's algorithm.
-                let _ = stream.set_nodelay(true);
-                Counted {
-                    stream,
-                    _permit: permit,
-                }
-            });
-            if connections.send(accepted).await.is_err() {
-                return;
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(incoming)
-}
-
-/// A connection that holds one of [`limited_incoming`]'s permits while it is open.
-struct Counted {
-    stream: tokio::net::TcpStream,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for Counted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(context, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(context, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(context)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(context)
-    }
 }
 
 /// While the registry opens (seconds at national scale), the port already answers health checks
@@ -441,16 +369,21 @@ pub async fn serve(
     let admin = AdminServer::new(AdminService::new(store, Arc::clone(&guards.access)))
         .max_decoding_message_size(MAX_OTHER_REQUEST_BYTES);
     let served = builder(guards.tls, guards.streams_per_connection)?
+        .layer(ActivityLayer)
         .layer(crate::telemetry::rpc_layer())
         .layer(crate::telemetry::metrics::RpcMetricsLayer)
         .layer(GateLayer::new(guards.access))
+        .layer(crate::service::message_limit::MessageLimitLayer)
         .add_service(verification)
         .add_service(registry)
         .add_service(admin)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(limited_incoming(listener, guards.max_connections), shutdown)
+        .serve_with_incoming_shutdown(
+            limited_incoming(listener, guards.max_connections, guards.idle_timeout),
+            shutdown,
+        )
         .await;
     // Its handle on the store goes with the server: the caller may reopen the data dir at once.
     writability.abort();

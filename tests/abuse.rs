@@ -12,6 +12,10 @@ use common::ChildServer;
 /// A server with an access policy (one token-only checker) on loopback plaintext, and where its
 /// metrics are.
 fn guarded_server(dir: &std::path::Path) -> (ChildServer, String) {
+    guarded_server_with(dir, &[])
+}
+
+fn guarded_server_with(dir: &std::path::Path, flags: &[&str]) -> (ChildServer, String) {
     let policy = dir.join("access.toml");
     std::fs::write(
         &policy,
@@ -22,8 +26,9 @@ fn guarded_server(dir: &std::path::Path) -> (ChildServer, String) {
     )
     .unwrap();
     let policy = policy.display().to_string();
-    let (server, lines) =
-        ChildServer::start_reading(&dir.join("data"), &["--access", policy.as_str()], 2);
+    let mut args = vec!["--access", policy.as_str()];
+    args.extend_from_slice(flags);
+    let (server, lines) = ChildServer::start_reading(&dir.join("data"), &args, 2);
     let metrics = lines[1]
         .strip_prefix("idguard metrics on ")
         .unwrap()
@@ -136,4 +141,131 @@ async fn invented_method_names_share_one_metrics_series() {
     assert_eq!(methods.into_iter().collect::<Vec<_>>(), ["other"]);
     let refused = "idguard_rpc_requests_total{method=\"other\",code=\"Unauthenticated\"}";
     assert_eq!(common::sample(&exposition, refused), INVENTED as f64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_without_a_call_in_flight_is_closed_once_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = guarded_server_with(dir.path(), &["--idle-timeout-secs", "1"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        (client.ready().await.unwrap(), tokio::spawn(connection))
+    };
+
+    // Idle after one refused call: closed by the server about a second later.
+    let (mut client, connection) = connect().await;
+    let opened = std::time::Instant::now();
+    let (response, _) = client
+        .send_request(
+            grpc_request(&server, "/idguard.v1.Verification/Check"),
+            true,
+        )
+        .unwrap();
+    response.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("an idle connection is closed")
+        .unwrap()
+        .ok();
+    let idle_closed = opened.elapsed();
+    assert!(idle_closed >= Duration::from_millis(900), "{idle_closed:?}");
+
+    // A call in flight (a checker's batch whose body is still coming) keeps its connection
+    // however long it is quiet; once it is answered, the idle timer runs again.
+    let (mut client, mut connection) = connect().await;
+    let mut request = grpc_request(&server, "/idguard.v1.Verification/CheckBatch");
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer kiosk-token".parse().unwrap());
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), &mut connection).await;
+    assert!(
+        quiet.is_err(),
+        "a connection with a call in flight was closed"
+    );
+    // An empty CheckBatchRequest, in one gRPC frame.
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answered = std::time::Instant::now();
+    let mut answer = response.into_body();
+    while let Some(chunk) = answer.data().await {
+        chunk.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("closed once idle again")
+        .unwrap()
+        .ok();
+    println!(
+        "idle timeout 1 s: an idle connection closed after {idle_closed:?}; one with a call in \
+         flight kept for 2.5 s, then closed {:?} after its answer",
+        answered.elapsed()
+    );
+}
+
+/// The `grpc-status` and `grpc-message` of a raw call's answer, from its headers or trailers.
+async fn grpc_status(response: http::Response<h2::RecvStream>) -> (String, String) {
+    let field = |headers: &http::HeaderMap, name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    if let Some(status) = field(response.headers(), "grpc-status") {
+        let message = field(response.headers(), "grpc-message").unwrap_or_default();
+        return (status, message);
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    (
+        field(&trailers, "grpc-status").unwrap_or_default(),
+        field(&trailers, "grpc-message").unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_message_is_bounded_by_its_method_from_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = guarded_server(dir.path());
+    let mut client = raw_connection(&server).await;
+    let mut announce = |path: &str, bytes: u32| {
+        let mut request = grpc_request(&server, path);
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer kiosk-token".parse().unwrap());
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        let mut prefix = vec![0u8; 5];
+        prefix[1..].copy_from_slice(&bytes.to_be_bytes());
+        body.send_data(Bytes::from(prefix), false).unwrap();
+        // The body is never finished: the answer must come from the prefix alone.
+        (response, body)
+    };
+    let (response, _unfinished) = announce("/idguard.v1.Verification/Check", 17 << 10);
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered from the prefix")
+        .unwrap();
+    let (status, message) = tokio::time::timeout(Duration::from_secs(5), grpc_status(response))
+        .await
+        .expect("answered from the prefix");
+    println!("a Check announcing 17 KiB: grpc-status {status}, {message:?}");
+    assert_eq!(status, "8", "RESOURCE_EXHAUSTED: {message}");
+    assert!(
+        message.contains("Check") && message.contains("16384"),
+        "{message}"
+    );
+    // A batch of that size is within its method's bound: it waits for the rest of its body.
+    let (response, _unfinished) = announce("/idguard.v1.Verification/CheckBatch", 17 << 10);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), response)
+            .await
+            .is_err(),
+        "a batch of 17 KiB was refused"
+    );
 }

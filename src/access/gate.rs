@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::codegen::http;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::{Access, Principal};
+use crate::connection::ConnectionInfo;
 
 /// The principal the gate found, for the service to take instead of authenticating again.
 #[derive(Debug, Clone)]
@@ -73,10 +73,7 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         if !request.uri().path().starts_with(OPEN_PREFIX) {
-            let certs = request
-                .extensions()
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(TlsConnectInfo::peer_certs);
+            let certs = ConnectionInfo::peer_certs(request.extensions());
             match self
                 .access
                 .identify(request.headers(), certs.as_deref().map(Vec::as_slice))

@@ -403,7 +403,7 @@ impl Access {
         if let Some(gate::Authenticated(principal)) = request.extensions().get() {
             return Ok(Arc::clone(principal));
         }
-        let certs = request.peer_certs();
+        let certs = crate::connection::ConnectionInfo::peer_certs(request.extensions());
         self.identify(
             request.metadata().as_ref(),
             certs.as_deref().map(Vec::as_slice),

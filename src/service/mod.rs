@@ -2,6 +2,7 @@
 //! status codes. No registry logic lives here.
 
 pub mod admin;
+pub mod message_limit;
 pub mod registry;
 pub mod verification;
 
