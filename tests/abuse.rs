@@ -255,7 +255,7 @@ async fn a_check_message_is_bounded_by_its_method_from_its_prefix() {
         .await
         .expect("answered from the prefix");
     println!("a Check announcing 17 KiB: grpc-status {status}, {message:?}");
-    assert_eq!(status, "8", "RESOURCE_EXHAUSTED: {message}");
+    assert_eq!(status, "11", "OUT_OF_RANGE: {message}");
     assert!(
         message.contains("Check") && message.contains("16384"),
         "{message}"

@@ -129,9 +129,10 @@ impl http_body::Body for Limited {
             && let Some(data) = frame.data_ref()
             && let Err(announced) = this.prefixes.scan(data, *this.limit)
         {
-            return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
-                "{}: a request message of {announced} bytes; this method takes at most {} \
-                 bytes per message",
+            // OUT_OF_RANGE, as tonic answers a message over a service's limit.
+            return Poll::Ready(Some(Err(tonic::Status::out_of_range(format!(
+                "{}: a request message of {announced} bytes is too large: this method takes at \
+                 most {} bytes per message",
                 this.method, this.limit
             )))));
         }
