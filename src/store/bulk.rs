@@ -369,13 +369,18 @@ impl Collected {
         let (events, entries) = events?;
         let reports = reports?;
         let withdrawals = self.write_waiting(&sst_options, &sequences)?;
-        let ((histories, citizens), index) =
-            self.write_citizens(&sst_options, entries, progress)?;
+        let (citizens, index) = self.write_citizens(&sst_options, entries, progress)?;
         summary.accepted = self.events - sequences.dropped.count();
         summary.last_sequence = last + summary.accepted;
         summary.numbers = index.len() as u64;
         self.ingest_all(
-            &[events, reports, withdrawals, histories, citizens],
+            &[
+                events,
+                reports,
+                withdrawals,
+                citizens.histories,
+                citizens.summaries,
+            ],
             progress,
         )?;
         if let Err(why) = snapshot::save(&self.data_dir, &self.db, &index, summary.last_sequence) {
@@ -715,7 +720,7 @@ impl Collected {
         sst_options: &Options,
         entries: Runs,
         progress: &mut dyn Progress,
-    ) -> Result<((Vec<PathBuf>, Vec<PathBuf>), RecordIndex), StoreError> {
+    ) -> Result<(CitizenSsts, RecordIndex), StoreError> {
         progress.step("folding citizens", entries.len());
         let cf = column_family(&self.db, CF_HISTORIES);
         let estimate = self
@@ -761,8 +766,18 @@ impl Collected {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
-        Ok(((histories.finish()?, summaries.finish()?), stored.rest()?))
+        let ssts = CitizenSsts {
+            histories: histories.finish()?,
+            summaries: summaries.finish()?,
+        };
+        Ok((ssts, stored.rest()?))
     }
+}
+
+/// Step 6's SSTs: the numbers' histories, and their summaries.
+struct CitizenSsts {
+    histories: Vec<PathBuf>,
+    summaries: Vec<PathBuf>,
 }
 
 /// Numbers' entries handed from the merge to the fold at once.

@@ -197,7 +197,7 @@ pub fn decode_history(bytes: &[u8]) -> Result<(CitizenState, DailyTally), Corrup
         .map(|_| Ok((reader.u32()?, reader.u16()?)))
         .collect::<Result<_, Corrupt>>()?;
     let body = reader.bytes;
-    if body.len() % ENTRY_BYTES != 0 {
+    if !body.len().is_multiple_of(ENTRY_BYTES) {
         return Err(corrupt(what, format!("{} bytes of entries", body.len())));
     }
     let entries = body
