@@ -1,6 +1,7 @@
 //! The in-process pieces of a check, each in ns per check: parsing and validating a card, the
 //! index lookup that answers the no-record (hot) path, and the store read plus verdict for a card
-//! that has a record.
+//! that has a record, with one event on record and with 1,024 (which should cost the same: a
+//! check reads the number's summary, not its history).
 //!
 //! Run: `cargo bench --bench checks` (with the Makefile's `CARGO_TARGET_DIR`).
 
@@ -115,6 +116,46 @@ fn store_hit(c: &mut Criterion) {
             applied.outcome().await.expect("applied");
         }
     });
+    // One number with a long history: 1,024 revocations of its card, from 32 divisions (each
+    // may record 32 events on a number in a day).
+    let long = presented(STORE_RECORDS + 1);
+    runtime.block_on(async {
+        let mut pending = Vec::new();
+        for k in 0..1024u32 {
+            let wire = pb::RegistryEvent {
+                report_id: format!("long{k}"),
+                authority: format!("4403{:02}", k % 32),
+                occurred_at: Some(timestamp(datetime!(2025-06-01 08:00 UTC))),
+                kind: Some(Kind::Revoked(pb::CardRevoked {
+                    card: Some(pb::CardRef {
+                        id_number: nth_number(STORE_RECORDS + 1),
+                        issue_date: "20150101".into(),
+                        expiry_date: String::new(),
+                    }),
+                    ..Default::default()
+                })),
+            };
+            let valid = validate_event(wire, now).expect("valid event");
+            let recorder = Recorder::trusted("bench");
+            pending.push(store.enqueue(valid, &recorder).await.expect("queued"));
+        }
+        for applied in pending {
+            applied.outcome().await.expect("applied");
+        }
+    });
+    c.bench_function(
+        "store read + verdict, hit with 1,024 events on record",
+        |b| {
+            b.iter(|| {
+                let summary = store
+                    .summaries(&[number(&long)])
+                    .expect("read")
+                    .pop()
+                    .flatten();
+                verdict(&long, summary.as_ref(), TODAY)
+            })
+        },
+    );
     let cards: Vec<PresentedCard> = (0..1024).map(|k| presented(k * 97)).collect();
     let mut at = 0;
     c.bench_function("store read + verdict, hit (100k records)", |b| {

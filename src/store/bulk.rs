@@ -16,9 +16,9 @@
 //!    the `events` SSTs, and its entries, keyed by number, go to a second sort.
 //! 5. The accepted ids, still in id order, become the `reports` SSTs, and the waiting withdrawals
 //!    the `withdrawals` SSTs.
-//! 6. The entries, merged by number with any stored history, are folded into the `histories`
-//!    SSTs, and each number's summary into the `citizens` SSTs,
-//!    and the index of every number with a record is built on the way.
+//! 6. The entries, merged by number with any stored state, are folded into the `citizens` SSTs
+//!    (each number's summary, then its state), and the index of every number with a record is
+//!    built on the way.
 //! 7. The SSTs are ingested and the index saved for the next start.
 //!
 //! RocksDB ingests one column family at a time. So the SSTs are hard-linked aside and a marker is
@@ -39,16 +39,15 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::codec::{self, ENTRY_BYTES, ReportSlot};
 use super::writer::{ParkedWithdrawal, Touches, what_it_touches};
 use super::{
-    CF_CITIZENS, CF_EVENTS, CF_HISTORIES, CF_REPORTS, CF_WITHDRAWALS, Corrupt, STREAM_KEY,
-    StoreError, StoreOptions, column_family, family_options, last_sequence, open_db, snapshot,
-    stored_event,
+    CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Corrupt, STREAM_KEY, StoreError,
+    StoreOptions, column_family, family_options, last_sequence, open_db, snapshot, stored_event,
 };
 use crate::card::{CitizenNumber, FieldError, Rule};
 use crate::event::{ReportKey, ValidEvent};
 use crate::extsort::{Runs, Sorter, read_more};
 use crate::index::RecordIndex;
 use crate::proto;
-use crate::registry::{CitizenState, DailyTally, Entry, Fact, Grant, Summary};
+use crate::registry::{CitizenState, DailyTally, Entry, Fact, Grant};
 
 /// The default column family's key marking an ingestion in progress.
 const INGESTING_KEY: &[u8] = b"idguard.ingesting";
@@ -59,13 +58,7 @@ const SST_FILE_BYTES: u64 = 512 << 20;
 /// How often (in records) a step reports progress.
 const PROGRESS_EVERY: u64 = 1 << 16;
 /// The column families an import writes, in the order they are ingested.
-const INGESTED: [&str; 5] = [
-    CF_EVENTS,
-    CF_REPORTS,
-    CF_WITHDRAWALS,
-    CF_HISTORIES,
-    CF_CITIZENS,
-];
+const INGESTED: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
 
 /// Where a record came from: the index of its input file and its line, for naming refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,7 +331,7 @@ struct Collected {
 }
 
 /// The SSTs of each ingested column family, in [`INGESTED`] order.
-type SstSet = [Vec<PathBuf>; 5];
+type SstSet = [Vec<PathBuf>; 4];
 
 impl Collected {
     /// Steps 2 to 7.
@@ -373,16 +366,7 @@ impl Collected {
         summary.accepted = self.events - sequences.dropped.count();
         summary.last_sequence = last + summary.accepted;
         summary.numbers = index.len() as u64;
-        self.ingest_all(
-            &[
-                events,
-                reports,
-                withdrawals,
-                citizens.histories,
-                citizens.summaries,
-            ],
-            progress,
-        )?;
+        self.ingest_all(&[events, reports, withdrawals, citizens], progress)?;
         if let Err(why) = snapshot::save(&self.data_dir, &self.db, &index, summary.last_sequence) {
             tracing::warn!(%why, "the next start will rebuild the index");
         }
@@ -720,9 +704,9 @@ impl Collected {
         sst_options: &Options,
         entries: Runs,
         progress: &mut dyn Progress,
-    ) -> Result<(CitizenSsts, RecordIndex), StoreError> {
+    ) -> Result<(Vec<PathBuf>, RecordIndex), StoreError> {
         progress.step("folding citizens", entries.len());
-        let cf = column_family(&self.db, CF_HISTORIES);
+        let cf = column_family(&self.db, CF_CITIZENS);
         let estimate = self
             .db
             .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
@@ -733,8 +717,7 @@ impl Collected {
             indexed: Vec::with_capacity(4096),
         };
         stored.keys.seek_to_first();
-        let mut histories = SstFiles::new(sst_options, &self.work, CF_HISTORIES);
-        let mut summaries = SstFiles::new(sst_options, &self.work, CF_CITIZENS);
+        let mut ssts = SstFiles::new(sst_options, &self.work, CF_CITIZENS);
         let mut fold = |number: u64, new: Vec<Entry>| -> Result<(), StoreError> {
             // The import is the operator's: it counts against no division's daily allowance.
             let (mut state, tally) = stored.through(number)?.unwrap_or_default();
@@ -746,9 +729,10 @@ impl Collected {
                 .into_iter()
                 .chain(withdrawals)
                 .for_each(|entry| state.record(entry));
-            let key = number.to_be_bytes();
-            histories.put(&key, &codec::encode_history(&state, &tally))?;
-            summaries.put(&key, &codec::encode_summary(&Summary::of(&state)))
+            ssts.put(
+                &number.to_be_bytes(),
+                &codec::encode_citizen(&state, &tally),
+            )
         };
         // The merge runs on the other core, handing over whole numbers' entries.
         let (groups_out, groups_in) = sync_channel::<Vec<(u64, Vec<Entry>)>>(GROUP_CHUNKS_QUEUED);
@@ -766,18 +750,8 @@ impl Collected {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
-        let ssts = CitizenSsts {
-            histories: histories.finish()?,
-            summaries: summaries.finish()?,
-        };
-        Ok((ssts, stored.rest()?))
+        Ok((ssts.finish()?, stored.rest()?))
     }
-}
-
-/// Step 6's SSTs: the numbers' histories, and their summaries.
-struct CitizenSsts {
-    histories: Vec<PathBuf>,
-    summaries: Vec<PathBuf>,
 }
 
 /// Numbers' entries handed from the merge to the fold at once.
@@ -924,7 +898,7 @@ impl StoredCitizens<'_> {
                 break;
             }
             if stored == key {
-                state = Some(codec::decode_history(
+                state = Some(codec::decode_citizen(
                     self.keys.value().unwrap_or_default(),
                 )?);
             } else {

@@ -5,9 +5,9 @@
 //! - `events`: the append-only event log, sequence → `RegistryChange` (protobuf);
 //! - `reports`: `report_id` → its sequence and number, for idempotent retries and withdrawals;
 //! - `withdrawals`: withdrawals whose target has not arrived yet, keyed by target then sequence;
-//! - `citizens`: packed number → the number's [`Summary`], all a check reads;
-//! - `histories`: packed number → the number's [`CitizenState`] and the day's
-//!   [`DailyTally`](crate::registry::DailyTally), rewritten together with the summary by every event that touches the number;
+//! - `citizens`: packed number → the number's [`Summary`] (all a check decodes), then its
+//!   [`CitizenState`] and the day's [`DailyTally`](crate::registry::DailyTally), rewritten by
+//!   every event that touches the number;
 //! - `hits`: the hit log, hit sequence → `Hit` (protobuf), written by its own thread ([`hits`]).
 //!
 //! Every accepted event is written with everything it changes in one atomic, WAL-synced
@@ -48,23 +48,12 @@ use writer::Placement;
 const CF_EVENTS: &str = "events";
 const CF_REPORTS: &str = "reports";
 const CF_WITHDRAWALS: &str = "withdrawals";
-/// Per number, what a check reads of it ([`crate::registry::Summary`]): small, whatever the
-/// history's length.
 const CF_CITIZENS: &str = "citizens";
-/// Per number, every entry and the day's tally: what the writer folds and `GetRecord` lists.
-const CF_HISTORIES: &str = "histories";
 /// Added after the first release: created in a registry that lacks it.
 const CF_HITS: &str = "hits";
 /// Families a registry of an earlier release may lack.
 const ADDED_FAMILIES: [&str; 1] = [CF_HITS];
-const COLUMN_FAMILIES: [&str; 6] = [
-    CF_EVENTS,
-    CF_REPORTS,
-    CF_WITHDRAWALS,
-    CF_CITIZENS,
-    CF_HISTORIES,
-    CF_HITS,
-];
+const COLUMN_FAMILIES: [&str; 5] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS, CF_HITS];
 
 /// How many submissions may wait for the writer before submitters are slowed down.
 const WRITER_QUEUE: usize = 4096;
@@ -577,7 +566,7 @@ impl Store {
             .into_iter()
             .map(|found| {
                 found?
-                    .map(|bytes| codec::decode_summary(&bytes).map_err(StoreError::from))
+                    .map(|bytes| codec::decode_citizen_summary(&bytes).map_err(StoreError::from))
                     .transpose()
             })
             .collect()
@@ -588,9 +577,9 @@ impl Store {
         let stored = self
             .shared
             .db
-            .get_pinned_cf(self.shared.cf(CF_HISTORIES), codec::citizen_key(number))?;
+            .get_pinned_cf(self.shared.cf(CF_CITIZENS), codec::citizen_key(number))?;
         Ok(stored
-            .map(|bytes| codec::decode_history(&bytes).map(|(state, _)| state))
+            .map(|bytes| codec::decode_citizen(&bytes).map(|(state, _)| state))
             .transpose()?)
     }
 

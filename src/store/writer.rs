@@ -17,16 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, ReportSlot};
 use super::{
-    ApplyError, CF_CITIZENS, CF_EVENTS, CF_HISTORIES, CF_REPORTS, CF_WITHDRAWALS,
-    STREAM_POSITION_KEY, Shared, StoreError,
+    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_POSITION_KEY, Shared,
+    StoreError,
 };
 use crate::card::{Card, CitizenNumber, FieldError, Rule, china_today};
 use crate::event::{EventKind, Loss, ReportId, ReportKey, ValidEvent};
 use crate::proto::{self, v1 as pb};
 use crate::registry::tally::division_of;
-use crate::registry::{
-    CardFact, CitizenState, DailyTally, Denial, Entry, Fact, Grant, Recorder, Summary,
-};
+use crate::registry::{CardFact, CitizenState, DailyTally, Denial, Entry, Fact, Grant, Recorder};
 
 /// The most submissions committed by one WAL sync.
 const MAX_GROUP: usize = 1024;
@@ -211,9 +209,9 @@ impl<'a> Overlay<'a> {
             let stored = self
                 .shared
                 .db
-                .get_pinned_cf(self.shared.cf(CF_HISTORIES), codec::citizen_key(number))?;
+                .get_pinned_cf(self.shared.cf(CF_CITIZENS), codec::citizen_key(number))?;
             let (state, tally) = match stored {
-                Some(bytes) => codec::decode_history(&bytes)?,
+                Some(bytes) => codec::decode_citizen(&bytes)?,
                 None => Default::default(),
             };
             self.citizens.insert(number, History { state, tally });
@@ -490,16 +488,10 @@ impl<'a> Overlay<'a> {
         let mut touched = Vec::with_capacity(self.citizens.len());
         for (number, history) in &self.citizens {
             if !history.state.entries().is_empty() {
-                let key = codec::citizen_key(*number);
-                batch.put_cf(
-                    shared.cf(CF_HISTORIES),
-                    key,
-                    codec::encode_history(&history.state, &history.tally),
-                );
                 batch.put_cf(
                     shared.cf(CF_CITIZENS),
-                    key,
-                    codec::encode_summary(&Summary::of(&history.state)),
+                    codec::citizen_key(*number),
+                    codec::encode_citizen(&history.state, &history.tally),
                 );
                 touched.push(*number);
             }
