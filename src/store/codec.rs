@@ -513,7 +513,7 @@ mod tests {
         tally.admit(110105, date!(2026 - 11 - 22)).unwrap();
         assert_eq!(
             decode_history(&encode_history(&state, &tally)),
-            Ok((state.clone(), tally))
+            Ok((state.clone(), tally.clone()))
         );
         let summary = Summary::of(&state);
         assert!(summary.cancelled.is_some() && !summary.cards.is_empty());
