@@ -31,9 +31,8 @@ fn corrupt(what: &'static str, why: impl Into<String>) -> Corrupt {
     }
 }
 
+/// The version of a citizen's stored value, which covers its summary and history parts.
 const CITIZEN_V2: u8 = 2;
-const HISTORY_V1: u8 = 1;
-const SUMMARY_V1: u8 = 1;
 /// The size of one encoded [`Entry`].
 pub const ENTRY_BYTES: usize = 8 + 1 + 4 + 1 + 4 + 16 + 8;
 
@@ -169,14 +168,22 @@ fn day_from(number: i32) -> Result<Date, Corrupt> {
 /// and `GetRecord` decode ([`decode_citizen`]). One value, so that an event costs one write per
 /// number it touches (a family of summaries apart cost a fifth of `Submit`'s throughput).
 pub fn encode_citizen(state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
-    let summary = encode_summary(&Summary::of(state));
-    let history = encode_history(state, tally);
-    let mut bytes = Vec::with_capacity(1 + 4 + summary.len() + history.len());
+    let summary = Summary::of(state);
+    let (_, counts) = tally.parts();
+    let mut bytes = Vec::with_capacity(
+        1 + 4
+            + 17
+            + summary.cards.len() * (10 + 4 * 16)
+            + 6
+            + counts.len() * 6
+            + state.entries().len() * ENTRY_BYTES,
+    );
     bytes.push(CITIZEN_V2);
-    let summary_len = u32::try_from(summary.len()).unwrap_or(u32::MAX);
-    bytes.extend_from_slice(&summary_len.to_be_bytes());
-    bytes.extend_from_slice(&summary);
-    bytes.extend_from_slice(&history);
+    bytes.extend_from_slice(&[0; 4]);
+    encode_summary(&summary, &mut bytes);
+    let summary_len = u32::try_from(bytes.len() - 5).unwrap_or(u32::MAX);
+    bytes[1..5].copy_from_slice(&summary_len.to_be_bytes());
+    encode_history(state, tally, &mut bytes);
     bytes
 }
 
@@ -208,13 +215,10 @@ pub fn decode_citizen(bytes: &[u8]) -> Result<(CitizenState, DailyTally), Corrup
     decode_history(citizen_parts(bytes)?.1)
 }
 
-/// Encodes a number's history: a version byte, the day's tally (its Julian day, the number of
-/// divisions, then each division and its count), then the fixed-width entries.
-fn encode_history(state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
+/// Appends a number's history: the day's tally (its Julian day, the number of divisions, then
+/// each division and its count), then the fixed-width entries.
+fn encode_history(state: &CitizenState, tally: &DailyTally, bytes: &mut Vec<u8>) {
     let (day, counts) = tally.parts();
-    let mut bytes =
-        Vec::with_capacity(1 + 6 + counts.len() * 6 + state.entries().len() * ENTRY_BYTES);
-    bytes.push(HISTORY_V1);
     bytes.extend_from_slice(&day.to_be_bytes());
     let divisions = u16::try_from(counts.len()).unwrap_or(u16::MAX);
     bytes.extend_from_slice(&divisions.to_be_bytes());
@@ -225,17 +229,12 @@ fn encode_history(state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
     for entry in state.entries() {
         bytes.extend_from_slice(&encode_entry(entry));
     }
-    bytes
 }
 
 /// Decodes what [`encode_history`] wrote.
 fn decode_history(bytes: &[u8]) -> Result<(CitizenState, DailyTally), Corrupt> {
     let what = "citizen history";
     let mut reader = Reader { what, bytes };
-    let version = reader.u8()?;
-    if version != HISTORY_V1 {
-        return Err(corrupt(what, format!("unknown version {version}")));
-    }
     let day = reader.i32()?;
     let divisions = reader.u16()?;
     let counts = (0..divisions)
@@ -255,12 +254,10 @@ fn decode_history(bytes: &[u8]) -> Result<(CitizenState, DailyTally), Corrupt> {
     ))
 }
 
-/// Encodes what checks read of a number: a version byte, the cancellation's time (a presence
-/// byte, then nanoseconds since the epoch), then per card its issue date, its expiry, a byte
-/// saying which of its four times follow, and those times.
-fn encode_summary(summary: &Summary) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 + 17 + summary.cards.len() * (10 + 4 * 16));
-    bytes.push(SUMMARY_V1);
+/// Appends what checks read of a number: the cancellation's time (a presence byte, then
+/// nanoseconds since the epoch), then per card its issue date, its expiry, a byte saying which of
+/// its four times follow, and those times.
+fn encode_summary(summary: &Summary, bytes: &mut Vec<u8>) {
     bytes.push(u8::from(summary.cancelled.is_some()));
     if let Some(at) = summary.cancelled {
         bytes.extend_from_slice(&at.unix_timestamp_nanos().to_be_bytes());
@@ -279,17 +276,12 @@ fn encode_summary(summary: &Summary) -> Vec<u8> {
             bytes.extend_from_slice(&at.unix_timestamp_nanos().to_be_bytes());
         }
     }
-    bytes
 }
 
 /// Decodes what [`encode_summary`] wrote.
 fn decode_summary(bytes: &[u8]) -> Result<Summary, Corrupt> {
     let what = "citizen summary";
     let mut reader = Reader { what, bytes };
-    let version = reader.u8()?;
-    if version != SUMMARY_V1 {
-        return Err(corrupt(what, format!("unknown version {version}")));
-    }
     let cancelled = match reader.u8()? {
         0 => None,
         _ => Some(reader.instant()?),
@@ -511,10 +503,6 @@ mod tests {
         let mut tally = DailyTally::default();
         tally.admit(440305, date!(2026 - 11 - 22)).unwrap();
         tally.admit(110105, date!(2026 - 11 - 22)).unwrap();
-        assert_eq!(
-            decode_history(&encode_history(&state, &tally)),
-            Ok((state.clone(), tally.clone()))
-        );
         let summary = Summary::of(&state);
         assert!(summary.cancelled.is_some() && !summary.cards.is_empty());
         let stored = encode_citizen(&state, &tally);
@@ -524,13 +512,13 @@ mod tests {
 
     #[test]
     fn damaged_values_are_reported_not_misread() {
-        assert!(decode_history(&[]).is_err());
-        assert!(decode_history(&[9]).is_err());
-        assert!(decode_history(&[HISTORY_V1, 0, 0, 0, 0, 0, 1]).is_err());
-        assert!(decode_summary(&[SUMMARY_V1, 1, 0]).is_err());
-        assert!(decode_summary(&[SUMMARY_V1, 0, 0, 0]).is_err());
-        assert!(decode_citizen(&[CITIZEN_V2, 0, 0, 0, 9, SUMMARY_V1]).is_err());
-        assert!(decode_citizen_summary(&[HISTORY_V1]).is_err());
+        assert!(decode_citizen(&[]).is_err());
+        assert!(decode_citizen(&[9]).is_err());
+        assert!(decode_history(&[0, 0, 0, 0, 0, 1]).is_err());
+        assert!(decode_summary(&[1, 0]).is_err());
+        assert!(decode_summary(&[0, 0, 0]).is_err());
+        assert!(decode_citizen(&[CITIZEN_V2, 0, 0, 0, 9, 0]).is_err());
+        assert!(decode_citizen_summary(&[1]).is_err());
         assert!(ReportSlot::decode(&[0; 15]).is_err());
     }
 
