@@ -21,8 +21,7 @@ ROUNDS=${ROUNDS:-2}
 MODES=${MODES:-unary batch stream}
 WORK=${WORK:-/tmp/idguard-before-after}
 mkdir -p "$WORK"
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
+. "$(dirname "$0")/server.sh"
 
 if [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUNT" ]; then
     rm -rf "$WORK"/data-*
@@ -36,18 +35,10 @@ fi
 
 run() { # which mode round
     local binary=$OLD; [ "$1" = new ] && binary=$NEW
-    "$binary" serve --listen 127.0.0.1:0 --no-metrics --data-dir "$WORK/data-$1" >"$WORK/$1.log" 2>&1 &
-    pid=$!
-    local address=
-    for _ in $(seq 1 600); do
-        address=$(sed -n 's/.*listening on \(.*\)$/\1/p' "$WORK/$1.log" | head -1)
-        [ -n "$address" ] && break
-        sleep 0.1
-    done
-    [ -n "$address" ] || { echo "the $1 server did not start" >&2; exit 1; }
+    start "$WORK/$1.log" "$binary" serve --listen 127.0.0.1:0 --no-metrics --data-dir "$WORK/data-$1"
     "$NEW" bench --queries "$WORK/queries.csv" --server "http://$address" --mode "$2" \
         --workers "$WORKERS" --seconds "$SECONDS_PER_RUN" --json "$WORK/$1-$2-$3.json" >/dev/null
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    stop
 }
 
 for round in $(seq 1 "$ROUNDS"); do

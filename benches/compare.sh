@@ -33,24 +33,7 @@ for line in sys.stdin:
         print(m["executable"])')
 idguard=$CARGO_TARGET_DIR/release/idguard
 mkdir -p "$WORK"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# Starts a server that prints "listening on ADDR" and sets $address and $pid.
-start() {
-    local log=$1; shift
-    "$@" >"$log" 2>"$log.err" &
-    pid=$!
-    pids+=("$pid")
-    for _ in $(seq 1 600); do
-        address=$(sed -n 's/.*listening on \(.*\)$/\1/p' "$log" | head -1)
-        [ -n "$address" ] && return 0
-        sleep 0.1
-    done
-    echo "server did not start: $*" >&2
-    exit 1
-}
+. "$(dirname "$0")/server.sh"
 
 peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 

@@ -15,8 +15,7 @@ COUNT=${COUNT:-200000}
 ROUNDS=${ROUNDS:-3}
 WORK=${WORK:-/tmp/idguard-writes}
 mkdir -p "$WORK"
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
+. "$(dirname "$0")/server.sh"
 
 if [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUNT" ]; then
     "$NEW" gen --out "$WORK" --count "$COUNT" --format csv --queries 1
@@ -26,22 +25,14 @@ fi
 run() { # which round; prints events/s
     local binary=$OLD; [ "$1" = new ] && binary=$NEW
     rm -rf "$WORK/data"
-    "$binary" serve --listen 127.0.0.1:0 --no-metrics --data-dir "$WORK/data" >"$WORK/$1.log" 2>&1 &
-    pid=$!
-    local address=
-    for _ in $(seq 1 600); do
-        address=$(sed -n 's/.*listening on \(.*\)$/\1/p' "$WORK/$1.log" | head -1)
-        [ -n "$address" ] && break
-        sleep 0.1
-    done
-    [ -n "$address" ] || { echo "the $1 server did not start" >&2; exit 1; }
-    local start end
-    start=$(date +%s.%N)
+    start "$WORK/$1.log" "$binary" serve --listen 127.0.0.1:0 --no-metrics --data-dir "$WORK/data"
+    local began ended
+    began=$(date +%s.%N)
     # Exit 2 lists refused records (the generator's deliberate duplicates and conflicts).
     "$NEW" submit "$WORK/events.csv" --server "http://$address" >/dev/null 2>&1 || [ $? -eq 2 ]
-    end=$(date +%s.%N)
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
-    python3 -c "print(round($COUNT / ($end - $start)))"
+    ended=$(date +%s.%N)
+    stop
+    python3 -c "print(round($COUNT / ($ended - $began)))"
 }
 
 declare -A rates=([old]="" [new]="")
