@@ -46,12 +46,19 @@ fn rss_kib(server: &ChildServer) -> u64 {
         .expect("VmRSS")
 }
 
-async fn raw_connection(server: &ChildServer) -> h2::client::SendRequest<Bytes> {
+/// A raw HTTP/2 connection to `server`, and the task driving it, which ends when the connection
+/// closes.
+async fn raw_connection(
+    server: &ChildServer,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     let address = server.url.trim_start_matches("http://");
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    client.ready().await.unwrap()
+    let driving = tokio::spawn(connection);
+    (client.ready().await.unwrap(), driving)
 }
 
 fn grpc_request(server: &ChildServer, path: &str) -> http::Request<()> {
@@ -68,7 +75,7 @@ fn grpc_request(server: &ChildServer, path: &str) -> http::Request<()> {
 async fn an_unauthenticated_connection_holds_little_memory_and_is_answered_from_its_headers() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _) = guarded_server(dir.path());
-    let mut client = raw_connection(&server).await;
+    let (mut client, _) = raw_connection(&server).await;
     let before = rss_kib(&server);
     // 32 batches announcing 4 MiB messages, each sent 1 MiB in and never finished.
     const STREAMS: usize = 32;
@@ -117,7 +124,7 @@ async fn an_unauthenticated_connection_holds_little_memory_and_is_answered_from_
 async fn invented_method_names_share_one_metrics_series() {
     let dir = tempfile::tempdir().unwrap();
     let (server, metrics) = guarded_server(dir.path());
-    let mut client = raw_connection(&server).await;
+    let (mut client, _) = raw_connection(&server).await;
     const INVENTED: usize = 300;
     for k in 0..INVENTED {
         let path = format!("/idguard.v1.Verification/Invented{k}");
@@ -147,15 +154,8 @@ async fn invented_method_names_share_one_metrics_series() {
 async fn a_connection_without_a_call_in_flight_is_closed_once_idle() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _) = guarded_server_with(dir.path(), &["--idle-timeout-secs", "1"]);
-    let address = server.url.trim_start_matches("http://").to_owned();
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        (client.ready().await.unwrap(), tokio::spawn(connection))
-    };
-
     // Idle after one refused call: closed by the server about a second later.
-    let (mut client, connection) = connect().await;
+    let (mut client, connection) = raw_connection(&server).await;
     let opened = std::time::Instant::now();
     let (response, _) = client
         .send_request(
@@ -174,7 +174,7 @@ async fn a_connection_without_a_call_in_flight_is_closed_once_idle() {
 
     // A call in flight (a checker's batch whose body is still coming) keeps its connection
     // however long it is quiet; once it is answered, the idle timer runs again.
-    let (mut client, mut connection) = connect().await;
+    let (mut client, mut connection) = raw_connection(&server).await;
     let mut request = grpc_request(&server, "/idguard.v1.Verification/CheckBatch");
     request
         .headers_mut()
@@ -233,7 +233,7 @@ async fn grpc_status(response: http::Response<h2::RecvStream>) -> (String, Strin
 async fn a_check_message_is_bounded_by_its_method_from_its_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _) = guarded_server(dir.path());
-    let mut client = raw_connection(&server).await;
+    let (mut client, _) = raw_connection(&server).await;
     let mut announce = |path: &str, bytes: u32| {
         let mut request = grpc_request(&server, path);
         request
