@@ -51,8 +51,14 @@ pub struct ServeConfig {
     #[arg(long, env = "IDGUARD_MAX_IN_FLIGHT", default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Address of the Prometheus metrics listener (`GET /metrics`); port 0 picks one (printed
-    /// at start-up after the gRPC address).
-    #[arg(long, env = "IDGUARD_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    /// at start-up after the gRPC address). The default is the port after the gRPC one: in the
+    /// range IANA never assigns, and clear of 9090 (the Prometheus server's own) and of the
+    /// 9100-9999 range its exporters have taken, so idguard starts beside any of them.
+    #[arg(
+        long,
+        env = "IDGUARD_METRICS_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
     pub metrics_listen: SocketAddr,
     /// Serve no metrics.
     #[arg(long, env = "IDGUARD_NO_METRICS")]

@@ -166,7 +166,17 @@ async fn a_data_dir_is_either_a_single_nodes_or_a_clusters() {
     );
 
     let nats = NatsCluster::start(1);
+    // A stream the NATS server refuses stops the node at start-up, with the server's reason,
+    // before its data dir is bound to the stream: it can start again once the flags are right.
     let clustered = dirs.path().join("clustered");
+    let urls = nats.urls();
+    let mut three_replicas = vec!["--cluster", &urls, "--cluster-keys", keys];
+    three_replicas.extend(["--cluster-stream", "REGISTRY", "--cluster-replicas", "3"]);
+    let message = common::serve_refusal(&clustered, &three_replicas);
+    assert!(
+        message.contains("the NATS servers refuse it") && message.contains("replicas"),
+        "{message}"
+    );
     let node = Node::start(
         &clustered,
         &nats.urls(),

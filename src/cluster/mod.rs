@@ -110,6 +110,11 @@ pub enum ClusterError {
     #[error("cluster stream {stream}: {why}")]
     Stream { stream: String, why: String },
     #[error(
+        "cluster stream {stream}: the NATS servers refuse it: {why} (a stream of \
+         --cluster-replicas N needs a JetStream cluster of at least N servers)"
+    )]
+    Refused { stream: String, why: String },
+    #[error(
         "--cluster-keys FILE is required with --cluster: every event on the stream is signed by \
          its node, and a node applies only what its trusted keys signed (see the README's cluster \
          section)"
@@ -141,8 +146,6 @@ impl Cluster {
         let keys = Arc::new(StreamKeys::read(
             config.keys.as_deref().ok_or(ClusterError::NoKeys)?,
         )?);
-        let name = config.stream.clone();
-        store.read(move |store| store.bind_stream(&name)).await?;
         let client = async_nats::ConnectOptions::new()
             .name("idguard")
             .retry_on_initial_connect()
@@ -154,6 +157,9 @@ impl Cluster {
         let following = jetstream::ContextBuilder::new()
             .timeout(STALL_CHECK)
             .build(client.clone());
+        refuse_a_refused_stream(&following, config).await?;
+        let name = config.stream.clone();
+        store.read(move |store| store.bind_stream(&name)).await?;
         let jetstream = jetstream::new(client);
         let outcomes = Arc::new(Outcomes::new(store.sequence()));
         let follower = tokio::spawn(follow(
@@ -232,6 +238,35 @@ impl Cluster {
             follower.abort();
             let _ = follower.await;
         }
+    }
+}
+
+/// Finds or creates the stream once before serving, so that a stream the NATS servers refuse
+/// (3 replicas asked of a single server, a name or subject taken) stops the node with their
+/// reason, instead of a node that serves on while every write fails. Only the servers' own answer
+/// counts as a refusal: servers that do not answer yet are the follower's to wait for.
+async fn refuse_a_refused_stream(
+    jetstream: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<(), ClusterError> {
+    let found = tokio::time::timeout(
+        STALL_CHECK,
+        jetstream.get_or_create_stream(config.stream_config()),
+    )
+    .await;
+    match found {
+        Ok(Err(error))
+            if matches!(
+                error.kind(),
+                jetstream::context::CreateStreamErrorKind::JetStream(_)
+            ) =>
+        {
+            Err(ClusterError::Refused {
+                stream: config.stream.clone(),
+                why: error.to_string(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
