@@ -10,12 +10,12 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use idguard::card::{CardText, CitizenNumber, PresentedCard, parse_presented_card};
 use idguard::event::validate_event;
-use idguard::index::RecordIndex;
 use idguard::proto::timestamp;
 use idguard::proto::v1::{self as pb, registry_event::Kind};
 use idguard::registry::{Recorder, verdict};
 use idguard::store::Store;
-use idguard::synthetic::nth_number;
+use idguard::store::index::RecordIndex;
+use idguard::tools::synthetic::nth_number;
 use time::macros::{date, datetime};
 
 const TODAY: time::Date = date!(2026 - 11 - 22);

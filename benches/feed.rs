@@ -10,17 +10,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use idguard::config::ServeConfig;
 use idguard::proto::timestamp;
 use idguard::proto::v1::registry_client::RegistryClient;
 use idguard::proto::v1::{self as pb, registry_event::Kind};
-use idguard::store::Store;
+use idguard::server::Application;
 use time::macros::datetime;
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 /// A distinct valid loss report for every `k`.
 fn report(k: u64) -> pb::RegistryEvent {
-    let id_number = idguard::synthetic::nth_number(k);
+    let id_number = idguard::tools::synthetic::nth_number(k);
     pb::RegistryEvent {
         report_id: format!("bench-{k}"),
         authority: "440305".into(),
@@ -38,15 +38,10 @@ fn report(k: u64) -> pb::RegistryEvent {
 
 async fn start() -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(Store::open(dir.path()).expect("store"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(idguard::server::serve(
-        listener,
-        idguard::ledger::Ledger::Local(store),
-        Default::default(),
-        std::future::pending(),
-    ));
+    let config = ServeConfig::local(dir.path()).expect("local settings");
+    let application = Application::build(&config).await.expect("server builds");
+    let url = format!("http://{}", application.address());
+    tokio::spawn(application.run_until(std::future::pending()));
     (url, dir)
 }
 

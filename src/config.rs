@@ -1,15 +1,54 @@
 //! Typed configuration of the server: one TOML file (`--config`), overridden by `IDGUARD_*`
 //! environment variables, overridden by flags.
 //!
-//! The file's keys are the flags' names with `_` for `-` (`data_dir = "/var/lib/idguard"`). Its
-//! values become the flags' defaults before the command line is parsed, so that the precedence is
-//! clap's own (flag, then environment, then default) and every value is checked the same way
-//! whatever its source. An unknown key is an error, never silently ignored.
+//! The file groups settings in sections: `[tls]`, `[cluster]` and `[limits]` (see
+//! [`FILE_SECTIONS`]); the rest are top-level keys. A key is its flag's name with `_` for `-`,
+//! less the section's prefix (`[tls] cert` is `--tls-cert`, `[cluster] servers` is `--cluster`).
+//! Its values become the flags' defaults before the command line is parsed, so that the
+//! precedence is clap's own (flag, then environment, then default) and every value is checked the
+//! same way whatever its source. An unknown key is an error, never silently ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::parser::ValueSource;
+
+use crate::ledger::cluster::ClusterConfig;
+
+/// Calls answered at once by default before new ones are shed.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Concurrent calls on one connection by default (HTTP/2 `MAX_CONCURRENT_STREAMS`).
+pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 128;
+/// Client connections open at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a connection may stay open with no call in flight, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the grouped settings live in the file: `(flag id, section, key in the section)`.
+/// Every other setting is a top-level key named as its flag's id.
+pub const FILE_SECTIONS: &[(&str, &str, &str)] = &[
+    ("tls_cert", "tls", "cert"),
+    ("tls_key", "tls", "key"),
+    ("tls_client_ca", "tls", "client_ca"),
+    ("cluster", "cluster", "servers"),
+    ("cluster_stream", "cluster", "stream"),
+    ("cluster_replicas", "cluster", "replicas"),
+    ("cluster_dedup_window", "cluster", "dedup_window"),
+    ("cluster_keys", "cluster", "keys"),
+    ("max_in_flight", "limits", "max_in_flight"),
+    ("streams_per_connection", "limits", "streams_per_connection"),
+    ("max_connections", "limits", "max_connections"),
+    ("idle_timeout_secs", "limits", "idle_timeout_secs"),
+];
+
+/// The section and key of the setting whose flag id is `id`.
+fn file_place(id: &str) -> (Option<&'static str>, &str) {
+    FILE_SECTIONS
+        .iter()
+        .find(|(flag, ..)| *flag == id)
+        .map_or((None, id), |(_, section, key)| (Some(*section), *key))
+}
 
 /// How `idguard serve` runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,7 +87,7 @@ pub struct ServeConfig {
     pub signing_keys: Option<PathBuf>,
     /// Calls answered at once; past it, new calls are refused at once with UNAVAILABLE (load
     /// shedding) rather than queued.
-    #[arg(long, env = "IDGUARD_MAX_IN_FLIGHT", default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, env = "IDGUARD_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Address of the Prometheus metrics listener (`GET /metrics`); port 0 picks one (printed
     /// at start-up after the gRPC address). The default is the port after the gRPC one: in the
@@ -64,14 +103,14 @@ pub struct ServeConfig {
     #[arg(long, env = "IDGUARD_NO_METRICS")]
     pub no_metrics: bool,
     /// Concurrent calls (HTTP/2 streams) one connection may have open.
-    #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = crate::server::DEFAULT_STREAMS_PER_CONNECTION)]
+    #[arg(long, env = "IDGUARD_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_STREAMS_PER_CONNECTION)]
     pub streams_per_connection: u32,
     /// Client connections open at once; past it, new ones wait in the kernel's backlog.
-    #[arg(long, env = "IDGUARD_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "IDGUARD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Seconds a client connection may stay open with no call in flight before it is closed
     /// (a `Watch` stream is a call in flight, however quiet).
-    #[arg(long, env = "IDGUARD_IDLE_TIMEOUT_SECS", default_value_t = crate::connection::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "IDGUARD_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
     /// NATS servers of the cluster's event stream, comma-separated (`nats://HOST:PORT,...`):
     /// this node then records events in that JetStream stream and applies every node's events
@@ -96,6 +135,43 @@ pub struct ServeConfig {
     /// and the public keys of the nodes whose events it applies. Required with `--cluster`.
     #[arg(long, env = "IDGUARD_CLUSTER_KEYS")]
     pub cluster_keys: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// A server on a loopback port the kernel picks, without a metrics listener, every other
+    /// setting at its default (or its `IDGUARD_*` variable): what tests and benches start.
+    pub fn local(data_dir: &Path) -> Result<Self, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let serve = Self::augment_args(clap::Command::new("serve"));
+        let matches = serve.try_get_matches_from([
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--no-metrics".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ])?;
+        Self::from_arg_matches(&matches)
+    }
+
+    /// The cluster `--cluster` and its companions describe, if any.
+    pub fn cluster(&self) -> Option<ClusterConfig> {
+        let servers: Vec<String> = self
+            .cluster
+            .as_deref()?
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Some(ClusterConfig {
+            servers,
+            stream: self.cluster_stream.clone(),
+            replicas: usize::from(self.cluster_replicas),
+            duplicate_window: Duration::from_secs(self.cluster_dedup_window),
+            keys: self.cluster_keys.clone(),
+        })
+    }
 }
 
 /// Why a configuration file was refused.
@@ -147,30 +223,64 @@ pub fn with_file_defaults(
         path: path.to_owned(),
         source: Box::new(source),
     })?;
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(section) => {
+                for (name, value) in section {
+                    settings.push((Some(key.clone()), name, value));
+                }
+            }
+            value => settings.push((None, key, value)),
+        }
+    }
     let mut serve = serve;
     let mut keys = Vec::new();
-    for (key, value) in table {
-        let refuse = |why: &str| ConfigError::Key {
-            path: path.to_owned(),
-            key: key.clone(),
-            why: why.to_owned(),
+    for (section, key, value) in settings {
+        let shown = match &section {
+            Some(section) => format!("[{section}] {key}"),
+            None => key.clone(),
         };
-        let known = serve
+        let refuse = |why: String| ConfigError::Key {
+            path: path.to_owned(),
+            key: shown.clone(),
+            why,
+        };
+        let id = serve
             .get_arguments()
-            .any(|arg| arg.get_id() == key.as_str() && arg.get_long().is_some());
-        if !known || key == "config" {
-            return Err(refuse("unknown key (see `idguard serve --help`)"));
-        }
+            .filter(|arg| arg.get_long().is_some() && arg.get_id() != "config")
+            .map(|arg| arg.get_id().as_str().to_owned())
+            .find(|id| {
+                let (in_section, name) = file_place(id);
+                in_section == section.as_deref() && name == key
+            });
+        let Some(id) = id else {
+            let misplaced = (section.is_none())
+                .then(|| FILE_SECTIONS.iter().find(|(flag, ..)| *flag == key))
+                .flatten();
+            return Err(refuse(match misplaced {
+                Some((_, section, name)) => {
+                    format!("belongs in the [{section}] section, as `{name}`")
+                }
+                None => {
+                    "unknown key (see `idguard serve --help` and deploy/idguard.toml)".to_owned()
+                }
+            }));
+        };
         let text = match value {
             toml::Value::String(text) => text,
             toml::Value::Integer(number) => number.to_string(),
             toml::Value::Boolean(flag) => flag.to_string(),
-            _ => return Err(refuse("must be a string, an integer or a boolean")),
+            _ => {
+                return Err(refuse(
+                    "must be a string, an integer or a boolean".to_owned(),
+                ));
+            }
         };
-        serve = serve.mut_arg(key.as_str(), |arg| {
+        serve = serve.mut_arg(id.as_str(), |arg| {
             arg.default_value(clap::builder::Str::from(text))
         });
-        keys.push(key);
+        keys.push(id);
     }
     Ok((serve, keys))
 }
@@ -179,7 +289,8 @@ pub fn with_file_defaults(
 /// `idguard config check` prints. Settings are paths and numbers; secrets (keys, tokens) live in
 /// the files they name and are never printed, and a password in a URL (`--cluster`) is masked.
 pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[String]) -> String {
-    let mut out = String::new();
+    let mut top = String::new();
+    let mut sections: Vec<(&str, String)> = Vec::new();
     for arg in serve.get_arguments() {
         let id = arg.get_id().as_str();
         if arg.get_long().is_none() || id == "config" || id == "help" {
@@ -192,11 +303,12 @@ pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[
             Some(ValueSource::DefaultValue) => "default",
             _ => "unset",
         };
+        let (section, key) = file_place(id);
         let value = matches
             .get_raw(id)
             .and_then(|mut values| values.next())
             .map(|value| without_passwords(&value.to_string_lossy()));
-        match value {
+        let line = match value {
             Some(value) => {
                 let quoted = toml::Value::String(value.clone()).to_string();
                 let shown = if value.parse::<i64>().is_ok() || value == "true" || value == "false" {
@@ -204,12 +316,22 @@ pub fn describe(matches: &clap::ArgMatches, serve: &clap::Command, from_file: &[
                 } else {
                     quoted
                 };
-                out.push_str(&format!("{id} = {shown}  # {source}\n"));
+                format!("{key} = {shown}  # {source}\n")
             }
-            None => out.push_str(&format!("# {id}: not set\n")),
+            None => format!("# {key}: not set\n"),
+        };
+        match section {
+            None => top.push_str(&line),
+            Some(section) => match sections.iter_mut().find(|(name, _)| *name == section) {
+                Some((_, lines)) => lines.push_str(&line),
+                None => sections.push((section, line)),
+            },
         }
     }
-    out
+    for (section, lines) in sections {
+        top.push_str(&format!("\n[{section}]\n{lines}"));
+    }
+    top
 }
 
 /// `text` with the secret of every URL in it masked: the password of `scheme://user:password@host`,

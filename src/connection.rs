@@ -21,10 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
-use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
-
-/// How long a connection may stay open with no call in flight, by default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+use tonic::transport::server::{Connected, TlsConnectInfo};
 
 /// Accepted connections, at most `max` open at once: past it the listener is not read, so that
 /// the kernel's backlog, not this process, holds the excess. Each is closed once idle for
@@ -111,7 +108,6 @@ impl Drop for CallInFlight {
 /// What the server knows of a connection, in every call's extensions.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
-    pub tcp: TcpConnectInfo,
     activity: Arc<Activity>,
 }
 
@@ -162,7 +158,6 @@ impl Connected for Accepted {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         ConnectionInfo {
-            tcp: self.stream.connect_info(),
             activity: Arc::clone(&self.activity),
         }
     }

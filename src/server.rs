@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,10 +14,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::{Access, GateLayer, Policy, PolicyError};
-use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::ServeConfig;
 use crate::connection::{ActivityLayer, limited_incoming};
 use crate::ledger::Ledger;
+use crate::ledger::cluster::{Cluster, ClusterError};
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::v1::verification_server::VerificationServer;
@@ -69,7 +70,7 @@ pub enum ServeError {
     PlaintextOffLoopback(std::net::SocketAddr),
     #[error(
         "refusing to serve {0} without an access policy: only a loopback address may be served \
-         open. Give --access FILE (see the README's security section)"
+         open. Give --access FILE (see docs/security.md)"
     )]
     OpenOffLoopback(std::net::SocketAddr),
     #[error(transparent)]
@@ -114,13 +115,6 @@ pub fn tls_config(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, Serve
     Ok(Some(tls))
 }
 
-/// Calls answered at once by default before new ones are shed.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
-/// Concurrent calls on one connection by default (HTTP/2 `MAX_CONCURRENT_STREAMS`).
-pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 128;
-/// Client connections open at once by default.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-
 /// Who may connect and call, and how verdicts are signed.
 pub struct Guards {
     /// `None`: plaintext (loopback only, see [`tls_config`]).
@@ -131,20 +125,6 @@ pub struct Guards {
     pub max_connections: usize,
     /// How long a connection may stay open with no call in flight.
     pub idle_timeout: std::time::Duration,
-}
-
-impl Default for Guards {
-    /// Plaintext, open, unsigned: what tests and local tools on loopback use.
-    fn default() -> Self {
-        Self {
-            tls: None,
-            access: Arc::new(Access::new(None, DEFAULT_MAX_IN_FLIGHT)),
-            signer: None,
-            streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            idle_timeout: crate::connection::DEFAULT_IDLE_TIMEOUT,
-        }
-    }
 }
 
 impl Guards {
@@ -324,7 +304,7 @@ async fn report_writability(
 /// flight. Health turns NOT_SERVING first, so that load balancers stop sending calls; then
 /// long-lived streams are told to end, so that shutdown does not wait for clients that never hang
 /// up. Server reflection (v1 and v1alpha) lets generic tools call every RPC without the protos.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     ledger: Ledger,
     guards: Guards,
@@ -392,61 +372,136 @@ pub async fn serve(
     Ok(())
 }
 
-/// `idguard serve`: opens the store, listens, and serves until SIGINT or SIGTERM.
-pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
-    // Before the registry is opened: a refused configuration should fail at once.
-    let guards = Guards::from_config(&config)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: config.listen,
-            source,
-        })?;
-    let address = listener.local_addr()?;
-    let metrics = if config.no_metrics {
-        None
-    } else {
-        let (listener, handle) = crate::telemetry::metrics::install(config.metrics_listen).await?;
-        let metrics_address = listener.local_addr()?;
-        tokio::spawn(crate::telemetry::metrics::serve(listener, handle));
-        Some(metrics_address)
-    };
-    let startup = StartupServer::start(listener, &guards)?;
-    let data_dir = config.data_dir.clone();
-    let tuning = StoreOptions {
-        block_cache_bytes: config.block_cache_mb << 20,
-    };
-    let store = tokio::select! {
-        store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &tuning)) => {
-            store.map_err(|error| StoreError::Interrupted(error.to_string()))??
+/// The service built from its settings, ready to serve: its listeners bound (health answering
+/// `NOT_SERVING` meanwhile), its registry open and, on a cluster node, joined to the stream.
+/// `idguard serve` and the tests start the service only through it, so that tests run exactly
+/// what production runs.
+pub struct Application {
+    address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
+    listener: TcpListener,
+    store: Arc<Store>,
+    cluster: Option<Arc<Cluster>>,
+    guards: Guards,
+}
+
+impl Application {
+    /// Checks the settings and the files they name before anything is opened, binds, opens the
+    /// registry and joins the cluster if there is one.
+    pub async fn build(config: &ServeConfig) -> Result<Self, ServeError> {
+        let guards = Guards::from_config(config)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    address: config.listen,
+                    source,
+                })?;
+        let address = listener.local_addr()?;
+        let metrics_address = if config.no_metrics {
+            None
+        } else {
+            let (listener, handle) =
+                crate::telemetry::metrics::install(config.metrics_listen).await?;
+            let metrics_address = listener.local_addr()?;
+            tokio::spawn(crate::telemetry::metrics::serve(listener, handle));
+            Some(metrics_address)
+        };
+        let startup = StartupServer::start(listener, &guards)?;
+        let data_dir = config.data_dir.clone();
+        let tuning = StoreOptions {
+            block_cache_bytes: config.block_cache_mb << 20,
+        };
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &tuning))
+            .await
+            .map_err(|error| StoreError::Interrupted(error.to_string()))??;
+        let store = Arc::new(store);
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            sequence = store.sequence(),
+            numbers_with_records = store.index().len(),
+            index = ?store.index_origin(),
+            "registry open"
+        );
+        let cluster = match config.cluster() {
+            Some(cluster) => Some(Arc::new(Cluster::join(&cluster, Arc::clone(&store)).await?)),
+            None => match store.stream() {
+                Some(stream) => return Err(ServeError::FollowsStream(stream.to_owned())),
+                None => None,
+            },
+        };
+        if metrics_address.is_some() {
+            tokio::spawn(crate::telemetry::metrics::sample(Arc::downgrade(&store)));
         }
+        let listener = startup.hand_over().await?;
+        Ok(Self {
+            address,
+            metrics_address,
+            listener,
+            store,
+            cluster,
+            guards,
+        })
+    }
+
+    /// The gRPC address, with the port the kernel chose for port 0.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The metrics listener's address, unless metrics are off.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the calls in flight for at most
+    /// [`SHUTDOWN_GRACE`] and leaves the cluster. The store is closed when this returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let ledger = match &self.cluster {
+            Some(cluster) => Ledger::Cluster(Arc::clone(cluster)),
+            None => Ledger::Local(Arc::clone(&self.store)),
+        };
+        drop(self.store);
+        let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        };
+        // Calls that outlive the grace period (a client's health Watch, a stuck peer) do not hold
+        // the process: what was acknowledged is durable already.
+        let grace_over = async move {
+            if stop_requested.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serve(self.listener, ledger, self.guards, shutdown) => served?,
+            () = grace_over => tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "calls still open after the grace period; stopping without them"
+            ),
+        }
+        if let Some(cluster) = self.cluster {
+            cluster.leave().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// `idguard serve`: builds the service, announces its addresses, and serves until SIGINT or
+/// SIGTERM (a signal while the registry opens stops it at once).
+pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let application = tokio::select! {
+        application = Application::build(&config) => application?,
         () = shutdown_signal() => return Ok(()),
     };
-    let store = Arc::new(store);
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        sequence = store.sequence(),
-        numbers_with_records = store.index().len(),
-        index = ?store.index_origin(),
-        "registry open"
-    );
-    let cluster = match ClusterConfig::from_serve(&config) {
-        Some(cluster) => Some(Arc::new(Cluster::join(&cluster, Arc::clone(&store)).await?)),
-        None => match store.stream() {
-            Some(stream) => return Err(ServeError::FollowsStream(stream.to_owned())),
-            None => None,
-        },
-    };
-    let ledger = match &cluster {
-        Some(cluster) => Ledger::Cluster(Arc::clone(cluster)),
-        None => Ledger::Local(Arc::clone(&store)),
-    };
-    let listener = startup.hand_over().await?;
     // Fixed lines on stdout, so scripts and tests can find ports chosen by the kernel: written
     // at once, since a reader may stop reading after the first. A closed stdout stops nothing.
-    let mut announcement = format!("idguard listening on {address}\n");
-    if let Some(metrics_address) = metrics {
-        tokio::spawn(crate::telemetry::metrics::sample(Arc::downgrade(&store)));
+    let mut announcement = format!("idguard listening on {}\n", application.address());
+    if let Some(metrics_address) = application.metrics_address() {
         announcement.push_str(&format!(
             "idguard metrics on http://{metrics_address}/metrics\n"
         ));
@@ -458,33 +513,8 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     {
         tracing::warn!(%error, "cannot write the addresses on stdout");
     }
-    tracing::info!(%address, "serving");
-    let (stopping, stop_requested) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown_signal().await;
-        let _ = stopping.send(());
-    };
-    // Calls that outlive the grace period (a client's health Watch, a stuck peer) do not hold
-    // the process: what was acknowledged is durable already.
-    let grace_over = async move {
-        if stop_requested.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        served = serve(listener, ledger, guards, shutdown) => served?,
-        () = grace_over => tracing::warn!(
-            grace = ?SHUTDOWN_GRACE,
-            "calls still open after the grace period; stopping without them"
-        ),
-    }
-    if let Some(cluster) = cluster {
-        cluster.leave().await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    tracing::info!(address = %application.address(), "serving");
+    application.run_until(shutdown_signal()).await
 }
 
 /// How long a stopping server waits for calls in flight before it exits regardless.

@@ -1,6 +1,6 @@
 //! The gate in front of every service: a call is authenticated from its headers, before any of
 //! its body is read, so that an unauthenticated caller costs the server no more than its headers
-//! and what HTTP/2 flow control lets it send unread (see the README's security section for the
+//! and what HTTP/2 flow control lets it send unread (see docs/security.md for the
 //! bound). Health checks pass unauthenticated: load balancers probe them without credentials.
 
 use std::future::Future;

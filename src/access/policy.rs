@@ -85,7 +85,7 @@ struct PrincipalEntry {
 }
 
 /// Rates a role gets when the policy names none: generous for a unit's normal traffic, small
-/// enough that one runaway client cannot take a node (see the README's security section).
+/// enough that one runaway client cannot take a node (see docs/security.md).
 fn default_rate(role: Role) -> Option<Rate> {
     let rate = |per_second, burst| Some(Rate { per_second, burst });
     match role {

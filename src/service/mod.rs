@@ -15,8 +15,8 @@ use tokio_stream::Stream;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+use crate::app::feed::FeedError;
 use crate::card::FieldError;
-use crate::feed::FeedError;
 use crate::proto::{self, google, v1 as pb};
 use crate::registry::{Reason, Verdict};
 use crate::store::{ApplyError, Store, StoreError};

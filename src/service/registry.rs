@@ -11,11 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Draining, check_response, invalid_argument, next_message, now, rpc_status};
 use crate::access::{Access, Caller, Needs, Role};
+use crate::app::feed::{self, EventLog, HitLog, Log};
 use crate::card::{
     Card, FieldError, PresentedCard, china_today, format_date, parse_registrable_number,
 };
 use crate::event::{ValidEvent, validate_event};
-use crate::feed::{self, EventLog, HitLog, Log};
 use crate::ledger::Ledger;
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::registry::{Summary, verdict};

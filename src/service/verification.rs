@@ -18,8 +18,8 @@ use super::{
     malformed_response, now, reach_sequence, sequence_wait_budget, wire_reason,
 };
 use crate::access::{Access, Activity, Caller, Disclosure, Needs, Role};
+use crate::app::check::check_cards;
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
-use crate::check::check_cards;
 use crate::proto::{self, v1 as pb, v1::verification_server::Verification};
 use crate::registry::{Reason, Verdict};
 use crate::signing::{MAX_NONCE_BYTES, VerdictSigner};

@@ -13,12 +13,13 @@
 //! Every accepted event is written with everything it changes in one atomic, WAL-synced
 //! `WriteBatch` by a single writer thread that commits concurrent submissions together
 //! ([`writer`]). Reads run on the caller's thread and block, so async callers go through
-//! `spawn_blocking` (see [`crate::check`]).
+//! `spawn_blocking` (see [`crate::app::check`]).
 
 mod backup;
 mod bulk;
 mod codec;
 mod hits;
+pub mod index;
 mod snapshot;
 mod writer;
 
@@ -35,9 +36,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::card::{CitizenNumber, FieldError};
 use crate::event::{ReportKey, ValidEvent};
-use crate::index::RecordIndex;
 use crate::proto::v1 as pb;
 use crate::registry::{CitizenState, Denial, Recorder, Summary};
+use crate::store::index::RecordIndex;
 
 pub use backup::{registry_sequence, restore};
 pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
@@ -462,16 +463,6 @@ impl Store {
         self.shared.db.put_opt(STREAM_KEY, name, &sync)?;
         let _ = self.shared.stream.set(name.to_owned());
         Ok(())
-    }
-
-    /// Applies one validated event sent by `recorder`; resolves once it is durable and visible
-    /// to checks.
-    pub async fn apply(
-        &self,
-        event: ValidEvent,
-        recorder: &Recorder,
-    ) -> Result<Applied, ApplyError> {
-        self.enqueue(event, recorder).await?.outcome().await
     }
 
     /// Resolves once the published sequence is at least `sequence`.

@@ -16,8 +16,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CF_CITIZENS, CF_EVENTS, codec, column_family};
 use crate::card::{CitizenNumber, parse_registrable_number};
-use crate::index::{RecordIndex, SlotsHeader};
 use crate::proto::v1 as pb;
+use crate::store::index::{RecordIndex, SlotsHeader};
 
 const FILE_NAME: &str = "idguard-index.snapshot";
 const MAGIC: &[u8; 8] = b"IDGIDX01";

@@ -1,6 +1,6 @@
 //! Shared by the integration tests: the real server on an ephemeral port over a real RocksDB in a
 //! temp dir, generated tonic clients, and builders for wire events.
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code)] // the OpenTelemetry test binary uses a subset
 
 pub mod nats;
 
@@ -8,17 +8,15 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 
-use idguard::ledger::Ledger;
+use idguard::config::ServeConfig;
 use idguard::proto::v1::registry_client::RegistryClient;
 use idguard::proto::v1::registry_event::Kind;
 use idguard::proto::v1::verification_client::VerificationClient;
 use idguard::proto::{self, v1 as pb};
-use idguard::store::Store;
+use idguard::server::Application;
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -31,26 +29,19 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The service as `idguard serve` builds it, on loopback with its defaults.
     pub async fn start(data_dir: &Path) -> Self {
-        let data_dir = data_dir.to_owned();
-        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-            .await
-            .expect("open task")
-            .expect("store opens");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
+        let config = ServeConfig::local(data_dir).expect("local settings");
+        let application = Application::build(&config).await.expect("server builds");
+        let address = application.address();
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            idguard::server::serve(
-                listener,
-                Ledger::Local(Arc::new(store)),
-                Default::default(),
-                async {
+            application
+                .run_until(async {
                     let _ = stop.await;
-                },
-            )
-            .await
-            .expect("server runs");
+                })
+                .await
+                .expect("server runs");
         });
         Self {
             address,
@@ -211,7 +202,7 @@ impl Drop for ChildServer {
     }
 }
 
-pub use idguard::synthetic::nth_number;
+pub use idguard::tools::synthetic::nth_number;
 
 /// Builds a valid 18-character number from its first 17 digits.
 pub fn number(first17: &str) -> String {

@@ -1,7 +1,7 @@
 //! Writes the starting corpora: generated events as protobuf bytes (`corpus/event`) and their
 //! cards as fuzz input text (`corpus/card`). `cargo +nightly run --bin seed` from this directory.
 
-use idguard::synthetic::Generator;
+use idguard::tools::synthetic::Generator;
 use prost::Message;
 use time::{Date, Month};
 

@@ -1,0 +1,54 @@
+//! Where a node records the events it accepts: its own writer when it runs alone, or the cluster's
+//! stream, which every node then applies. Either way the caller learns the outcome once the event
+//! is durable and visible to this node's checks.
+
+pub mod cluster;
+
+use std::sync::Arc;
+
+use crate::event::ValidEvent;
+use crate::ledger::cluster::Cluster;
+use crate::registry::Recorder;
+use crate::store::{Applied, ApplyError, PendingApply, Store};
+
+/// A node's way of recording events, and the store its checks read.
+#[derive(Clone)]
+pub enum Ledger {
+    /// One node: the embedded registry is the whole truth.
+    Local(Arc<Store>),
+    /// A cluster node: events go through the shared stream.
+    Cluster(Arc<Cluster>),
+}
+
+impl Ledger {
+    /// The registry this node reads.
+    pub fn store(&self) -> &Arc<Store> {
+        match self {
+            Self::Local(store) => store,
+            Self::Cluster(cluster) => cluster.store(),
+        }
+    }
+
+    /// Sends one validated event on its way, waiting only for room; events sent one after the
+    /// other are applied in that order.
+    pub async fn enqueue(
+        &self,
+        event: ValidEvent,
+        recorder: &Recorder,
+    ) -> Result<PendingApply, ApplyError> {
+        match self {
+            Self::Local(store) => store.enqueue(event, recorder).await,
+            Self::Cluster(cluster) => cluster.enqueue(event, recorder).await,
+        }
+    }
+
+    /// Records one validated event sent by `recorder`; resolves once it is durable and visible
+    /// to this node's checks.
+    pub async fn apply(
+        &self,
+        event: ValidEvent,
+        recorder: &Recorder,
+    ) -> Result<Applied, ApplyError> {
+        self.enqueue(event, recorder).await?.outcome().await
+    }
+}

@@ -1,0 +1,157 @@
+//! Step 6: each number's new entries, merged by number, folded into its stored state, and the
+//! index of every number with a record built on the way.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{SyncSender, sync_channel};
+
+use rocksdb::Options;
+
+use super::extsort::Runs;
+use super::spool::{array, decode_spooled_entry};
+use super::sst::SstFiles;
+use super::{Collected, Progress};
+use crate::card::CitizenNumber;
+use crate::registry::{CitizenState, DailyTally, Entry, Fact};
+use crate::store::index::RecordIndex;
+use crate::store::{CF_CITIZENS, StoreError, codec, column_family};
+
+impl Collected {
+    /// Step 6: each number's new entries folded into its stored state; every number with a
+    /// record, stored or new, goes into the index.
+    pub(super) fn write_citizens(
+        &self,
+        sst_options: &Options,
+        entries: Runs,
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<PathBuf>, RecordIndex), StoreError> {
+        progress.step("folding citizens", entries.len());
+        let cf = column_family(&self.db, CF_CITIZENS);
+        let estimate = self
+            .db
+            .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
+            .unwrap_or(0);
+        let mut stored = StoredCitizens {
+            keys: self.db.raw_iterator_cf(cf),
+            index: RecordIndex::with_capacity(usize::try_from(estimate).unwrap_or(0)),
+            indexed: Vec::with_capacity(4096),
+        };
+        stored.keys.seek_to_first();
+        let mut ssts = SstFiles::new(sst_options, &self.work, CF_CITIZENS);
+        let mut fold = |number: u64, new: Vec<Entry>| -> Result<(), StoreError> {
+            // The import is the operator's: it counts against no division's daily allowance.
+            let (mut state, tally) = stored.through(number)?.unwrap_or_default();
+            // A withdrawal marks a target already recorded, as the writer records them.
+            let (withdrawals, facts): (Vec<Entry>, Vec<Entry>) = new
+                .into_iter()
+                .partition(|entry| matches!(entry.fact, Fact::Withdrawal { .. }));
+            facts
+                .into_iter()
+                .chain(withdrawals)
+                .for_each(|entry| state.record(entry));
+            ssts.put(
+                &number.to_be_bytes(),
+                &codec::encode_citizen(&state, &tally),
+            )
+        };
+        // The merge runs on the other core, handing over whole numbers' entries.
+        let (groups_out, groups_in) = sync_channel::<Vec<(u64, Vec<Entry>)>>(GROUP_CHUNKS_QUEUED);
+        std::thread::scope(|scope| -> Result<(), StoreError> {
+            let merging = scope.spawn(move || group_entries(entries, &groups_out));
+            let mut folded = 0u64;
+            for chunk in groups_in {
+                for (number, new) in chunk {
+                    folded += new.len() as u64;
+                    fold(number, new)?;
+                }
+                progress.done(folded);
+            }
+            merging
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        Ok((ssts.finish()?, stored.rest()?))
+    }
+}
+
+/// Numbers' entries handed from the merge to the fold at once.
+const GROUP_CHUNK: usize = 4096;
+/// Chunks of numbers queued between the merge and the fold.
+const GROUP_CHUNKS_QUEUED: usize = 8;
+
+/// Merges the entry sort and sends each number's entries, in number order, in chunks; stops
+/// early if the receiver has gone.
+fn group_entries(
+    entries: Runs,
+    out: &SyncSender<Vec<(u64, Vec<Entry>)>>,
+) -> Result<(), StoreError> {
+    let receiver_gone = || StoreError::Interrupted("the fold stopped".into());
+    let mut chunk: Vec<(u64, Vec<Entry>)> = Vec::with_capacity(GROUP_CHUNK);
+    entries.merge(|key, _| -> Result<(), StoreError> {
+        let number = u64::from_be_bytes(array(&key[..8]));
+        let entry = decode_spooled_entry(&key[8..])?;
+        match chunk.last_mut() {
+            Some((current, new)) if *current == number => new.push(entry),
+            _ => {
+                // A number's entries are never split across chunks: the full chunk is sent
+                // only when the next number starts.
+                if chunk.len() == GROUP_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(GROUP_CHUNK));
+                    out.send(full).map_err(|_| receiver_gone())?;
+                }
+                chunk.push((number, vec![entry]));
+            }
+        }
+        Ok(())
+    })?;
+    if !chunk.is_empty() {
+        out.send(chunk).map_err(|_| receiver_gone())?;
+    }
+    Ok(())
+}
+
+/// The stored citizen keys, walked in step with the new entries' numbers, indexing every number
+/// passed.
+struct StoredCitizens<'db> {
+    keys: rocksdb::DBRawIterator<'db>,
+    index: RecordIndex,
+    indexed: Vec<CitizenNumber>,
+}
+
+impl StoredCitizens<'_> {
+    /// Indexes every stored number up to `number` and `number` itself, and returns its stored
+    /// history, if any.
+    fn through(&mut self, number: u64) -> Result<Option<(CitizenState, DailyTally)>, StoreError> {
+        let key = number.to_be_bytes();
+        let mut state = None;
+        while let Some(stored) = self.keys.key() {
+            if stored > &key[..] {
+                break;
+            }
+            if stored == key {
+                state = Some(codec::decode_citizen(
+                    self.keys.value().unwrap_or_default(),
+                )?);
+            } else {
+                self.indexed.push(codec::decode_citizen_key(stored)?);
+            }
+            self.keys.next();
+        }
+        self.keys.status()?;
+        self.indexed.push(codec::decode_citizen_key(&key)?);
+        if self.indexed.len() >= 4096 {
+            self.index.insert(self.indexed.drain(..));
+        }
+        Ok(state)
+    }
+
+    /// Indexes the stored numbers after the last new one and returns the index.
+    fn rest(mut self) -> Result<RecordIndex, StoreError> {
+        while let Some(stored) = self.keys.key() {
+            self.indexed.push(codec::decode_citizen_key(stored)?);
+            self.keys.next();
+        }
+        self.keys.status()?;
+        self.index.insert(self.indexed);
+        Ok(self.index)
+    }
+}

@@ -1,0 +1,345 @@
+//! Bulk import: loads an export of hundreds of millions of events by writing sorted SST files and
+//! ingesting them, instead of committing them one group at a time through the writer.
+//!
+//! The outcome is the one the writer reaches when given the same events in file order (`DOMAIN.md`
+//! §3: the state is a fold of the events), in memory bounded by a budget, with every sort done
+//! externally ([`extsort`]). Each event gets an ordinal, its position in the input:
+//!
+//! 1. [`BulkLoad::add`] spools the validated events in file order, sorts them by `report_id`, and
+//!    sorts withdrawals by the `report_id` they withdraw.
+//! 2. The `report_id` sort is merged with the stored `reports` family: the first use of an id wins,
+//!    the same content again is a duplicate, other content is refused.
+//! 3. The withdrawal sort is merged with the accepted ids and the stored reports, which finds each
+//!    withdrawal's target: a card event (the withdrawal will mark it), a withdrawal (refused when
+//!    it came first, as the writer refuses it), or nothing yet (kept waiting for it).
+//! 4. The spool is read back in file order; each accepted event gets the next sequence and goes to
+//!    the `events` SSTs, and its entries, keyed by number, go to a second sort.
+//! 5. The accepted ids, still in id order, become the `reports` SSTs, and the waiting withdrawals
+//!    the `withdrawals` SSTs.
+//! 6. The entries, merged by number with any stored state, are folded into the `citizens` SSTs
+//!    (each number's summary, then its state), and the index of every number with a record is
+//!    built on the way.
+//! 7. The SSTs are ingested, crash-safely, and the index saved for the next start.
+//!
+//! Each step has its file, and so have the parts they share: the temporary files' layouts
+//! ([`spool`]), the set of events that did not enter ([`ordinals`]), SST writing ([`sst`]).
+
+mod citizens;
+mod deduplicate;
+mod events;
+mod extsort;
+mod ingest;
+mod ordinals;
+mod reports;
+mod spool;
+mod sst;
+mod withdrawals;
+
+pub(super) use ingest::finish_interrupted_ingestion;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use rocksdb::{Cache, DB};
+use time::OffsetDateTime;
+use xxhash_rust::xxh3::xxh3_128;
+
+use self::extsort::{Runs, Sorter};
+use self::ordinals::Sequences;
+use self::spool::{create_spool, io_error, write_framed};
+use self::withdrawals::waiting_withdrawals;
+use super::codec::{self, ENTRY_BYTES};
+use super::writer::{ParkedWithdrawal, Touches, what_it_touches};
+use super::{
+    CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_KEY, StoreError, StoreOptions,
+    family_options, last_sequence, open_db, snapshot, stored_event,
+};
+use crate::card::{CitizenNumber, FieldError};
+use crate::event::{ReportKey, ValidEvent};
+use crate::registry::{Entry, Fact};
+
+/// How often (in records) a step reports progress.
+const PROGRESS_EVERY: u64 = 1 << 16;
+/// The column families an import writes, in the order they are ingested.
+const INGESTED: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
+
+/// Where a record came from: the index of its input file and its line, for naming refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub file: u32,
+    pub line: u64,
+}
+
+/// Why an imported record did not enter the registry (beyond breaking a rule of its own, which
+/// the caller finds before [`BulkLoad::add`]).
+#[derive(Debug)]
+pub enum Refusal {
+    /// The `report_id` was accepted before with other content.
+    ConflictsWithStored { report_id: String, sequence: u64 },
+    /// The `report_id` was used earlier in this import with other content.
+    ConflictsWithEarlier { report_id: String, earlier: Origin },
+    /// A rule that depends on other events (a withdrawal of a withdrawal).
+    Invalid(FieldError),
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BulkSummary {
+    /// New events, now in the log.
+    pub accepted: u64,
+    /// Records whose `report_id` was already accepted with the same content.
+    pub duplicates: u64,
+    /// Records refused (see [`Refusal`]).
+    pub refused: u64,
+    /// The log's last sequence after the import.
+    pub last_sequence: u64,
+    /// Citizen numbers with a record, after the import.
+    pub numbers: u64,
+}
+
+/// Reports how far a long step has got, for a progress display.
+pub trait Progress {
+    /// A step of `total` items starts.
+    fn step(&mut self, name: &'static str, total: u64);
+    /// `done` items of the current step are done.
+    fn done(&mut self, done: u64);
+}
+
+/// An import in progress; see the module documentation for its steps.
+pub struct BulkLoad {
+    data_dir: PathBuf,
+    work: PathBuf,
+    db: DB,
+    memory_bytes: usize,
+    /// The clock the events were validated against; also their `recorded_at`.
+    now: OffsetDateTime,
+    /// Stored withdrawals whose target had not arrived, by the target's [`ReportKey`].
+    waiting_withdrawals: HashMap<Vec<u8>, Vec<ParkedWithdrawal>>,
+    by_report: Sorter,
+    by_target: Sorter,
+    log: BufWriter<File>,
+    events: u64,
+}
+
+impl BulkLoad {
+    /// Opens (creating it if new) the registry in `data_dir` for an import, with exclusive
+    /// access: a server cannot use it meanwhile. Temporary files go under `work_dir`, which should
+    /// be on the data dir's file system (SSTs are moved, not copied, into the registry).
+    pub fn open(
+        data_dir: &Path,
+        work_dir: &Path,
+        memory_bytes: usize,
+        tuning: &StoreOptions,
+        now: OffsetDateTime,
+    ) -> Result<Self, StoreError> {
+        let (db, _) = open_db(data_dir, tuning)?;
+        // A cluster node's events come from its stream, with the stream's sequences.
+        if let Some(stream) = db.get(STREAM_KEY)? {
+            return Err(StoreError::data_dir(
+                data_dir,
+                format!(
+                    "it follows the cluster stream {:?}: send the events to a cluster node with \
+                     `idguard submit` instead",
+                    String::from_utf8_lossy(&stream)
+                ),
+            ));
+        }
+        let work = work_dir.to_owned();
+        if work.exists() {
+            std::fs::remove_dir_all(&work)
+                .map_err(|error| io_error("clearing the work dir", &work, error))?;
+        }
+        std::fs::create_dir_all(&work)
+            .map_err(|error| io_error("creating the work dir", &work, error))?;
+        Ok(Self {
+            waiting_withdrawals: waiting_withdrawals(&db)?,
+            log: create_spool(&work.join("events.spool"))?,
+            // Withdrawals are a few percent of the events: their sort needs less.
+            by_target: Sorter::new(&work, "by-target", memory_bytes / 8),
+            by_report: Sorter::new(&work, "by-report", memory_bytes),
+            data_dir: data_dir.to_owned(),
+            work,
+            db,
+            memory_bytes,
+            now,
+            events: 0,
+        })
+    }
+
+    /// Takes one event that passed [`crate::event::validate_event`], in file order.
+    pub fn add(&mut self, origin: Origin, valid: &ValidEvent) -> Result<(), StoreError> {
+        let sort_error = |error| io_error("sorting", &self.work, error);
+        let ordinal = self.events;
+        self.events += 1;
+        let canonical = valid.canonical.encode_to_vec();
+        let key = valid.report_key();
+        let report_id = key.as_bytes();
+        let (number, head) = match what_it_touches(&valid.event.kind) {
+            Touches::Withdrawal(target) => {
+                let target = ReportKey::new(&valid.canonical.authority, target);
+                let mut value = [0u8; 16 + 12];
+                value[..16]
+                    .copy_from_slice(&valid.event.occurred_at.unix_timestamp_nanos().to_be_bytes());
+                value[16..].copy_from_slice(&origin.encode());
+                self.by_target
+                    .push(&ordinal_key(target.as_bytes(), ordinal), &value)
+                    .map_err(sort_error)?;
+                (0, Vec::new())
+            }
+            Touches::Number(number, fact) => (
+                number.packed(),
+                self.card_head(report_id, number, valid, fact)?,
+            ),
+        };
+        let mut value = [0u8; 16 + 12 + 8];
+        value[..16].copy_from_slice(&xxh3_128(&canonical).to_be_bytes());
+        value[16..28].copy_from_slice(&origin.encode());
+        value[28..].copy_from_slice(&number.to_be_bytes());
+        self.by_report
+            .push(&ordinal_key(report_id, ordinal), &value)
+            .map_err(sort_error)?;
+        write_framed(&mut self.log, &head, &canonical)
+            .map_err(|error| io_error("writing a spool", &self.work, error))
+    }
+
+    /// The spooled head of a card event: its number, its entry, and the entries of stored
+    /// withdrawals that were waiting for it (their target's sequence to be filled in by step 4):
+    /// each undoes it if its grant covers it, and is kept as refused otherwise, as the writer
+    /// does.
+    fn card_head(
+        &self,
+        report_id: &[u8],
+        number: CitizenNumber,
+        valid: &ValidEvent,
+        fact: Fact,
+    ) -> Result<Vec<u8>, StoreError> {
+        let waiting = self.waiting_withdrawals.get(report_id);
+        let mut head = Vec::with_capacity(8 + (1 + waiting.map_or(0, Vec::len)) * ENTRY_BYTES);
+        head.extend_from_slice(&number.packed().to_be_bytes());
+        head.extend_from_slice(&codec::encode_entry(&Entry {
+            sequence: 0,
+            occurred_at: valid.event.occurred_at,
+            fact,
+            withdrawn_by: None,
+        }));
+        for withdrawal in waiting.into_iter().flatten() {
+            // The target is this event, whose sequence step 4 fills in.
+            let fact = if withdrawal.grant.may_withdraw(&valid.canonical) {
+                Fact::Withdrawal { target: u64::MAX }
+            } else {
+                Fact::RefusedWithdrawal { target: u64::MAX }
+            };
+            head.extend_from_slice(&codec::encode_entry(&Entry {
+                sequence: withdrawal.sequence,
+                occurred_at: codec::occurred_at(&stored_event(&self.db, withdrawal.sequence)?)?,
+                fact,
+                withdrawn_by: None,
+            }));
+        }
+        Ok(head)
+    }
+
+    /// Runs steps 2 to 7 (see the module documentation), reporting refusals as it finds them.
+    pub fn finish(
+        self,
+        refused: &mut dyn FnMut(Origin, Refusal),
+        progress: &mut dyn Progress,
+    ) -> Result<BulkSummary, StoreError> {
+        let BulkLoad {
+            data_dir,
+            work,
+            db,
+            memory_bytes,
+            now,
+            by_report,
+            by_target,
+            mut log,
+            events,
+            waiting_withdrawals: _,
+        } = self;
+        log.flush()
+            .map_err(|error| io_error("writing a spool", &work, error))?;
+        drop(log);
+        let sort_error = |error| io_error("sorting", &work, error);
+        let by_report = by_report.finish().map_err(sort_error)?;
+        let by_target = by_target.finish().map_err(sort_error)?;
+        let collected = Collected {
+            data_dir,
+            work,
+            db,
+            memory_bytes,
+            now,
+            events,
+        };
+        let summary = collected.ingest(by_report, by_target, refused, progress)?;
+        std::fs::remove_dir_all(&collected.work)
+            .map_err(|error| io_error("removing", &collected.work, error))?;
+        Ok(summary)
+    }
+}
+
+/// A sort key of an id then an ordinal. Ids are printable ASCII and an ordinal's first byte is 0,
+/// so keys sort by id (bytewise, as RocksDB sorts them), then by ordinal.
+fn ordinal_key(report_id: &[u8], ordinal: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(report_id.len() + 8);
+    key.extend_from_slice(report_id);
+    key.extend_from_slice(&ordinal.to_be_bytes());
+    key
+}
+
+/// The registry and the spools once every record has been added.
+struct Collected {
+    data_dir: PathBuf,
+    work: PathBuf,
+    db: DB,
+    memory_bytes: usize,
+    now: OffsetDateTime,
+    events: u64,
+}
+
+/// The SSTs of each ingested column family, in [`INGESTED`] order.
+type SstSet = [Vec<PathBuf>; 4];
+
+impl Collected {
+    /// Steps 2 to 7.
+    fn ingest(
+        &self,
+        by_report: Runs,
+        by_target: Runs,
+        refused: &mut dyn FnMut(Origin, Refusal),
+        progress: &mut dyn Progress,
+    ) -> Result<BulkSummary, StoreError> {
+        let last = last_sequence(&self.db, CF_EVENTS)?;
+        let mut summary = BulkSummary::default();
+        let mut dropped = self.deduplicate(by_report, &mut summary, refused, progress)?;
+        self.resolve_withdrawals(by_target, &mut dropped, &mut summary, refused, progress)?;
+        dropped.count_ranks();
+        let sequences = Sequences { last, dropped };
+        let sst_cache = Cache::new_lru_cache(8 << 20);
+        let sst_options = family_options(&sst_cache);
+        // Independent, so the reports are written on the other core meanwhile.
+        let (events, reports) = std::thread::scope(|scope| {
+            let reports = scope.spawn(|| self.write_reports(&sst_options, &sequences));
+            let events = self.write_events(&sst_options, &sequences, progress);
+            let reports = reports
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (events, reports)
+        });
+        let (events, entries) = events?;
+        let reports = reports?;
+        let withdrawals = self.write_waiting(&sst_options, &sequences)?;
+        let (citizens, index) = self.write_citizens(&sst_options, entries, progress)?;
+        summary.accepted = self.events - sequences.dropped.count();
+        summary.last_sequence = last + summary.accepted;
+        summary.numbers = index.len() as u64;
+        self.ingest_all(&[events, reports, withdrawals, citizens], progress)?;
+        if let Err(why) = snapshot::save(&self.data_dir, &self.db, &index, summary.last_sequence) {
+            tracing::warn!(%why, "the next start will rebuild the index");
+        }
+        Ok(summary)
+    }
+}

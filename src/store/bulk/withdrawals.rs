@@ -1,0 +1,160 @@
+//! Step 3: each withdrawal's target, found by merging the withdrawals sorted by target with the
+//! accepted and the stored ids; and step 5's withdrawals still waiting for theirs.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use rocksdb::{DB, Options};
+
+use super::deduplicate::{AcceptedIds, stored_slot};
+use super::extsort::{Runs, Sorter, read_more};
+use super::ordinals::{Ordinals, Sequences};
+use super::spool::{
+    LINK_BYTES, LINK_IMPORTED, LINK_STORED, array, corrupt_spool, create_spool, open_spool,
+    read_framed, write_framed,
+};
+use super::sst::SstFiles;
+use super::{BulkSummary, Collected, Origin, PROGRESS_EVERY, Progress, Refusal};
+use crate::card::{FieldError, Rule};
+use crate::registry::Grant;
+use crate::store::codec;
+use crate::store::writer::ParkedWithdrawal;
+use crate::store::{CF_REPORTS, CF_WITHDRAWALS, StoreError, column_family};
+
+impl Collected {
+    /// Step 3: finds each accepted withdrawal's target. One that marks a card event becomes a link
+    /// (`links.spool`), one whose target has not arrived waits (`waiting.spool`), and one that
+    /// withdraws an earlier withdrawal is refused and joins `dropped`.
+    pub(super) fn resolve_withdrawals(
+        &self,
+        by_target: Runs,
+        dropped: &mut Ordinals,
+        summary: &mut BulkSummary,
+        refused: &mut dyn FnMut(Origin, Refusal),
+        progress: &mut dyn Progress,
+    ) -> Result<(), StoreError> {
+        progress.step("resolving withdrawals", by_target.len());
+        let mut links = create_spool(&self.work.join("links.spool"))?;
+        let mut waiting = create_spool(&self.work.join("waiting.spool"))?;
+        let mut accepted = AcceptedIds::open(&self.work.join("accepted.spool"))?;
+        let mut stored = self.db.raw_iterator_cf(column_family(&self.db, CF_REPORTS));
+        stored.seek_to_first();
+        let mut refusals: HashSet<u64> = HashSet::new();
+        // Withdrawals of earlier withdrawals of this import: whether each is refused depends on
+        // whether its target was, so they are decided in file order after the merge.
+        let mut of_withdrawals: Vec<(u64, u64, Origin, Vec<u8>)> = Vec::new();
+        let refuse = |ordinal: u64,
+                      origin: Origin,
+                      dropped: &mut Ordinals,
+                      summary: &mut BulkSummary,
+                      refusals: &mut HashSet<u64>,
+                      refused: &mut dyn FnMut(Origin, Refusal)| {
+            dropped.insert(ordinal);
+            refusals.insert(ordinal);
+            summary.refused += 1;
+            refused(
+                origin,
+                Refusal::Invalid(FieldError::new(
+                    "withdrawn.withdrawn_report_id",
+                    Rule::WithdrawsWithdrawal,
+                )),
+            );
+        };
+        let mut seen = 0u64;
+        by_target.merge(|key, value| -> Result<(), StoreError> {
+            let (target, ordinal) = key.split_at(key.len() - 8);
+            let ordinal = u64::from_be_bytes(array(ordinal));
+            let origin = Origin::decode(&value[16..28]);
+            seen += 1;
+            if seen.is_multiple_of(PROGRESS_EVERY) {
+                progress.done(seen);
+            }
+            if dropped.contains(ordinal) {
+                return Ok(());
+            }
+            let link = |links: &mut BufWriter<File>, number: u64, kind: u8, at: u64| {
+                let mut record = [0u8; LINK_BYTES];
+                record[..8].copy_from_slice(&number.to_be_bytes());
+                record[8..16].copy_from_slice(&ordinal.to_be_bytes());
+                record[16] = kind;
+                record[17..25].copy_from_slice(&at.to_be_bytes());
+                record[25..].copy_from_slice(&value[..16]);
+                links.write_all(&record)
+            };
+            if let Some((target_ordinal, number)) = accepted.find(target)? {
+                match number {
+                    0 if target_ordinal < ordinal => {
+                        of_withdrawals.push((ordinal, target_ordinal, origin, target.to_vec()));
+                    }
+                    0 => write_framed(&mut waiting, target, &ordinal.to_be_bytes())?,
+                    number => link(&mut links, number, LINK_IMPORTED, target_ordinal)?,
+                }
+            } else if let Some(slot) = stored_slot(&mut stored, target)? {
+                match slot.number {
+                    None => refuse(ordinal, origin, dropped, summary, &mut refusals, refused),
+                    Some(number) => link(&mut links, number.packed(), LINK_STORED, slot.sequence)?,
+                }
+            } else {
+                write_framed(&mut waiting, target, &ordinal.to_be_bytes())?;
+            }
+            Ok(())
+        })?;
+        of_withdrawals.sort_unstable_by_key(|(ordinal, ..)| *ordinal);
+        for (ordinal, target_ordinal, origin, target) in of_withdrawals {
+            if refusals.contains(&target_ordinal) {
+                // Its target never entered: it waits, as it would have online.
+                write_framed(&mut waiting, &target, &ordinal.to_be_bytes())?;
+            } else {
+                refuse(ordinal, origin, dropped, summary, &mut refusals, refused);
+            }
+        }
+        links.flush()?;
+        waiting.flush()?;
+        Ok(())
+    }
+
+    /// Step 5, continued: withdrawals whose target has not arrived, keyed as the writer keys them.
+    pub(super) fn write_waiting(
+        &self,
+        sst_options: &Options,
+        sequences: &Sequences,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut input = open_spool(&self.work.join("waiting.spool"))?;
+        let mut keys = Sorter::new(&self.work, "waiting", self.memory_bytes / 8);
+        let (mut target, mut ordinal) = (Vec::new(), Vec::new());
+        while read_more(read_framed(&mut input, &mut target, &mut ordinal))? {
+            let sequence = sequences
+                .of(u64::from_be_bytes(array(&ordinal)))
+                .ok_or_else(|| corrupt_spool("a waiting withdrawal that did not enter"))?;
+            keys.push(&codec::withdrawal_key(&target, sequence), &[])?;
+        }
+        // The import is the operator's: its withdrawals may undo anything.
+        let grant = codec::encode_grant(&Grant::everything());
+        let mut ssts = SstFiles::new(sst_options, &self.work, CF_WITHDRAWALS);
+        keys.finish()?
+            .merge(|key, _| -> Result<(), StoreError> { ssts.put(key, &grant) })?;
+        ssts.finish()
+    }
+}
+
+/// The stored withdrawals still waiting for their target, by target.
+pub(super) fn waiting_withdrawals(
+    db: &DB,
+) -> Result<HashMap<Vec<u8>, Vec<ParkedWithdrawal>>, StoreError> {
+    let mut waiting: HashMap<Vec<u8>, Vec<ParkedWithdrawal>> = HashMap::new();
+    let mut keys = db.raw_iterator_cf(column_family(db, CF_WITHDRAWALS));
+    keys.seek_to_first();
+    while let (Some(key), Some(value)) = (keys.key(), keys.value()) {
+        let (target, sequence) = codec::decode_withdrawal_key(key)?;
+        let grant = codec::decode_grant(value)?;
+        waiting
+            .entry(target.to_vec())
+            .or_default()
+            .push(ParkedWithdrawal { sequence, grant });
+        keys.next();
+    }
+    keys.status()?;
+    Ok(waiting)
+}
