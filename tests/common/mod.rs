@@ -166,10 +166,18 @@ impl ChildServer {
                 line.trim().to_owned()
             })
             .collect();
-        let address = read[0]
-            .strip_prefix("idguard listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {:?}", read[0]))
-            .to_owned();
+        let Some(address) = read[0].strip_prefix("idguard listening on ") else {
+            // It stopped before serving: say how, with what it logged where it logs to a file.
+            let status = child.wait().expect("exit status");
+            let logged = log_file_of(&command)
+                .and_then(|log| std::fs::read_to_string(log).ok())
+                .unwrap_or_default();
+            panic!(
+                "unexpected first line {:?}; {status}; it logged:\n{logged}",
+                read[0]
+            );
+        };
+        let address = address.to_owned();
         let server = Self {
             child,
             url: format!("http://{address}"),
@@ -193,6 +201,14 @@ impl ChildServer {
             .await
             .expect("connect")
     }
+}
+
+/// The log file of a node started by the cluster harness: its data dir with `.log` added.
+fn log_file_of(command: &Command) -> Option<std::path::PathBuf> {
+    let mut args = command.get_args();
+    args.find(|arg| *arg == "--data-dir")?;
+    args.next()
+        .map(|data_dir| Path::new(data_dir).with_extension("log"))
 }
 
 impl Drop for ChildServer {

@@ -226,8 +226,9 @@ impl Cluster {
 
 /// Finds or creates the stream once before serving, so that a stream the NATS servers refuse
 /// (3 replicas asked of a single server, a name or subject taken) stops the node with their
-/// reason, instead of a node that serves on while every write fails. Only the servers' own answer
-/// counts as a refusal: servers that do not answer yet are the follower's to wait for.
+/// reason, instead of a node that serves on while every write fails. Only the servers' answers in
+/// [`PERMANENT_REFUSALS`] count: servers that do not answer yet, or answer that JetStream is not
+/// ready (a cluster still electing its leader), are the follower's to wait for.
 async fn refuse_a_refused_stream(
     jetstream: &jetstream::Context,
     config: &ClusterConfig,
@@ -238,18 +239,30 @@ async fn refuse_a_refused_stream(
     )
     .await;
     match found {
-        Ok(Err(error))
-            if matches!(
-                error.kind(),
-                jetstream::context::CreateStreamErrorKind::JetStream(_)
-            ) =>
-        {
-            Err(ClusterError::Refused {
-                stream: config.stream.clone(),
-                why: error.to_string(),
-            })
-        }
+        Ok(Err(error)) if is_permanent_refusal(error.kind()) => Err(ClusterError::Refused {
+            stream: config.stream.clone(),
+            why: error.to_string(),
+        }),
         _ => Ok(()),
+    }
+}
+
+/// The JetStream answers to creating the stream that no wait will change.
+const PERMANENT_REFUSALS: [jetstream::ErrorCode; 6] = [
+    jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+    jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP,
+    jetstream::ErrorCode::STREAM_NAME_EXIST,
+    jetstream::ErrorCode::STREAM_INVALID_CONFIG,
+    jetstream::ErrorCode::JETSTREAM_NOT_ENABLED,
+    jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+];
+
+fn is_permanent_refusal(kind: jetstream::context::CreateStreamErrorKind) -> bool {
+    match kind {
+        jetstream::context::CreateStreamErrorKind::JetStream(error) => {
+            PERMANENT_REFUSALS.contains(&error.error_code())
+        }
+        _ => false,
     }
 }
 
