@@ -1,6 +1,10 @@
-//! The generated wire types and the conversions between wire and domain forms of time.
+//! The generated wire types, and the conversions between their wire and domain forms that more
+//! than one module needs: instants, verdicts and reasons.
 
 use time::OffsetDateTime;
+
+use crate::card::FieldError;
+use crate::registry::{Reason, Verdict};
 
 /// The generated packages, nested as their names are so that cross-package references resolve.
 pub mod idguard {
@@ -43,6 +47,56 @@ pub fn instant(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
     }
     let nanos = i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos);
     OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+/// The wire form of a verdict reflecting `sequence`.
+///
+/// A valid card gets no `detail`: the status says it all, and on the hot path (batches of
+/// thousands of cards with no record) the text would be most of what is allocated and sent.
+pub fn check_response(verdict: Verdict, sequence: u64) -> v1::CheckResponse {
+    match verdict {
+        Verdict::Valid => v1::CheckResponse {
+            status: v1::CardStatus::Valid.into(),
+            reason: v1::Reason::Unspecified.into(),
+            invalid_since: None,
+            sequence,
+            detail: String::new(),
+            signature: None,
+        },
+        Verdict::Invalid { reason, since } => v1::CheckResponse {
+            status: v1::CardStatus::Invalid.into(),
+            reason: wire_reason(reason).into(),
+            invalid_since: Some(timestamp(since)),
+            sequence,
+            detail: verdict.to_string(),
+            signature: None,
+        },
+    }
+}
+
+/// The answer for a malformed item of a batch or stream: it names the field and the rule.
+pub fn malformed_response(error: &FieldError, sequence: u64) -> v1::CheckResponse {
+    v1::CheckResponse {
+        status: v1::CardStatus::Malformed.into(),
+        reason: v1::Reason::Unspecified.into(),
+        invalid_since: None,
+        sequence,
+        detail: error.to_string(),
+        signature: None,
+    }
+}
+
+/// The wire form of a reason.
+pub fn wire_reason(reason: Reason) -> v1::Reason {
+    match reason {
+        Reason::FirstGeneration => v1::Reason::FirstGeneration,
+        Reason::CitizenCancelled => v1::Reason::CitizenCancelled,
+        Reason::Revoked => v1::Reason::Revoked,
+        Reason::Stolen => v1::Reason::Stolen,
+        Reason::Lost => v1::Reason::Lost,
+        Reason::Superseded => v1::Reason::Superseded,
+        Reason::Expired => v1::Reason::Expired,
+    }
 }
 
 #[cfg(test)]

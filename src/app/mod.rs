@@ -4,3 +4,4 @@
 pub mod check;
 pub mod feed;
 pub mod import;
+pub mod verdicts;

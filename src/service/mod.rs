@@ -1,5 +1,5 @@
-//! The gRPC layer: translates between the wire types and the registry, and maps errors onto
-//! status codes. No registry logic lives here.
+//! The gRPC layer: authorizes callers, translates between the wire types and the use cases in
+//! [`crate::app`], and maps errors onto status codes.
 
 pub mod admin;
 pub mod message_limit;
@@ -16,10 +16,10 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::app::feed::FeedError;
+use crate::app::verdicts::{CheckError, MAX_SEQUENCE_WAIT};
 use crate::card::FieldError;
-use crate::proto::{self, google, v1 as pb};
-use crate::registry::{Reason, Verdict};
-use crate::store::{ApplyError, Store, StoreError};
+use crate::proto::google;
+use crate::store::{ApplyError, StoreError};
 
 /// Becomes `true` when the server starts shutting down; long-lived streams then end.
 pub type Draining = watch::Receiver<bool>;
@@ -67,12 +67,6 @@ async fn gather_messages<T>(
     (gathered, ended)
 }
 
-/// The longest a call waits for `min_sequence` when the client set no shorter deadline.
-pub const MAX_SEQUENCE_WAIT: Duration = Duration::from_secs(30);
-/// How far beyond this node's sequence a `min_sequence` may be: the events a lagging cluster
-/// node may still have to apply, at most about a second of a national feed.
-pub const MAX_SEQUENCE_LEAD: u64 = 10_000;
-
 /// How long a call may wait for `min_sequence`: until shortly before its own deadline
 /// (`grpc-timeout`), when the transport would turn it into CANCELLED, and never more than
 /// [`MAX_SEQUENCE_WAIT`].
@@ -81,31 +75,6 @@ fn sequence_wait_budget(metadata: &MetadataMap) -> Duration {
         let margin = (deadline / 50).max(Duration::from_millis(5));
         deadline.saturating_sub(margin).min(MAX_SEQUENCE_WAIT)
     })
-}
-
-/// Waits until the registry has reached `min_sequence`, or answers DEADLINE_EXCEEDED after
-/// `budget`.
-async fn reach_sequence(store: &Store, min_sequence: u64, budget: Duration) -> Result<(), Status> {
-    let sequence = store.sequence();
-    if sequence >= min_sequence {
-        return Ok(());
-    }
-    // Read-your-writes needs a sequence this node is about to reach, not one far ahead: such a
-    // call would only hold a permit for its whole budget.
-    if min_sequence - sequence > MAX_SEQUENCE_LEAD {
-        return Err(Status::out_of_range(format!(
-            "min_sequence: {min_sequence} is more than {MAX_SEQUENCE_LEAD} beyond this node's \
-             sequence {sequence}: send a sequence an accepted event was given"
-        )));
-    }
-    tokio::time::timeout(budget, store.reached(min_sequence))
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded(format!(
-                "min_sequence: the registry is at sequence {}, and did not reach {min_sequence} within the deadline",
-                store.sequence()
-            ))
-        })
 }
 
 /// The call's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of
@@ -134,55 +103,6 @@ fn rpc_status(status: &Status) -> google::rpc::Status {
     }
 }
 
-/// The wire form of a verdict reflecting `sequence`.
-///
-/// A valid card gets no `detail`: the status says it all, and on the hot path (batches of
-/// thousands of cards with no record) the text would be most of what is allocated and sent.
-fn check_response(verdict: Verdict, sequence: u64) -> pb::CheckResponse {
-    match verdict {
-        Verdict::Valid => pb::CheckResponse {
-            status: pb::CardStatus::Valid.into(),
-            reason: pb::Reason::Unspecified.into(),
-            invalid_since: None,
-            sequence,
-            detail: String::new(),
-            signature: None,
-        },
-        Verdict::Invalid { reason, since } => pb::CheckResponse {
-            status: pb::CardStatus::Invalid.into(),
-            reason: wire_reason(reason).into(),
-            invalid_since: Some(proto::timestamp(since)),
-            sequence,
-            detail: verdict.to_string(),
-            signature: None,
-        },
-    }
-}
-
-/// The answer for a malformed item of a batch or stream: it names the field and the rule.
-fn malformed_response(error: &FieldError, sequence: u64) -> pb::CheckResponse {
-    pb::CheckResponse {
-        status: pb::CardStatus::Malformed.into(),
-        reason: pb::Reason::Unspecified.into(),
-        invalid_since: None,
-        sequence,
-        detail: error.to_string(),
-        signature: None,
-    }
-}
-
-fn wire_reason(reason: Reason) -> pb::Reason {
-    match reason {
-        Reason::FirstGeneration => pb::Reason::FirstGeneration,
-        Reason::CitizenCancelled => pb::Reason::CitizenCancelled,
-        Reason::Revoked => pb::Reason::Revoked,
-        Reason::Stolen => pb::Reason::Stolen,
-        Reason::Lost => pb::Reason::Lost,
-        Reason::Superseded => pb::Reason::Superseded,
-        Reason::Expired => pb::Reason::Expired,
-    }
-}
-
 fn invalid_argument(error: FieldError) -> Status {
     Status::invalid_argument(error.to_string())
 }
@@ -202,6 +122,17 @@ impl From<StoreError> for Status {
             "internal storage failure (incident {incident} in this node's log): nothing may be \
              concluded from this answer; retry, or ask another node"
         ))
+    }
+}
+
+impl From<CheckError> for Status {
+    fn from(error: CheckError) -> Self {
+        match error {
+            CheckError::Store(error) => error.into(),
+            CheckError::TooFarAhead { .. } => Status::out_of_range(error.to_string()),
+            CheckError::NotReached { .. } => Status::deadline_exceeded(error.to_string()),
+            CheckError::Incomplete(_) => Status::internal(error.to_string()),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Draining, check_response, invalid_argument, next_message, now, rpc_status};
+use super::{Draining, invalid_argument, next_message, now, rpc_status};
 use crate::access::{Access, Caller, Needs, Role};
 use crate::app::feed::{self, EventLog, HitLog, Log};
 use crate::card::{
@@ -17,6 +17,7 @@ use crate::card::{
 };
 use crate::event::{ValidEvent, validate_event};
 use crate::ledger::Ledger;
+use crate::proto::check_response;
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::registry::{Summary, verdict};
 use crate::store::{Applied, ApplyError, PendingApply};
