@@ -12,14 +12,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Draining, invalid_argument, next_message, now, rpc_status};
 use crate::access::{Access, Caller, Needs, Role};
 use crate::app::feed::{self, EventLog, HitLog, Log};
-use crate::card::{
-    Card, FieldError, PresentedCard, china_today, format_date, parse_registrable_number,
-};
+use crate::app::record::{MAX_RECORD_PAGE, read_record};
+use crate::card::{FieldError, china_today, parse_registrable_number};
 use crate::event::{ValidEvent, validate_event};
 use crate::ledger::Ledger;
-use crate::proto::check_response;
 use crate::proto::v1::{self as pb, registry_server::Registry};
-use crate::registry::{Summary, verdict};
 use crate::store::{Applied, ApplyError, PendingApply};
 
 /// Events of one `Submit` stream that may be queued or awaiting durability at once; past that the
@@ -27,10 +24,6 @@ use crate::store::{Applied, ApplyError, PendingApply};
 const SUBMIT_IN_FLIGHT: usize = 1024;
 /// The stream of a `Watch` or `WatchHits`.
 pub type Feed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// The most events one `GetRecord` answer carries (each at most about 1.3 KB): a long history is
-/// read in pages, within the 4 MiB a response may have.
-const MAX_RECORD_PAGE: usize = 1000;
 
 /// Changes a `Watch` may have read ahead of a slow reader.
 const WATCH_BUFFER: usize = 256;
@@ -248,69 +241,11 @@ impl Registry for RegistryService {
             }
             limit => limit as usize,
         };
-        let after = wire.after_sequence;
-        let not_found = || Status::not_found(format!("no record for id_number {number}"));
-        let store = self.ledger.store();
-        if !store.may_have_record(number) {
-            return Err(not_found());
-        }
-        let sequence = store.sequence();
-        let found = store
-            .read(move |store| {
-                let Some(state) = store.history(number)? else {
-                    return Ok(None);
-                };
-                let mut page: Vec<u64> = state
-                    .entries()
-                    .iter()
-                    .map(|e| e.sequence)
-                    .filter(|&sequence| sequence > after)
-                    .take(limit + 1)
-                    .collect();
-                // One beyond the page says whether there is a next one.
-                let next = (page.len() > limit).then(|| {
-                    page.truncate(limit);
-                    page.last().copied().unwrap_or_default()
-                });
-                let events = store.events(&page)?;
-                Ok(Some((state, events, next)))
-            })
-            .await?;
-        let (state, events, next) = found.ok_or_else(not_found)?;
-        // The cards, with their verdicts, on the first page only.
-        let known_cards = if after == 0 {
-            state.known_cards()
-        } else {
-            Vec::new()
-        };
-        let summary = Summary::of(&state);
-        let cards = known_cards
-            .into_iter()
-            .map(|(issued, expiry)| {
-                let card = Card {
-                    number,
-                    issued,
-                    expiry,
-                };
-                let verdict = verdict(&PresentedCard::Current(card), Some(&summary), today);
-                pb::CardRecord {
-                    card: Some(pb::CardRef {
-                        id_number: number.to_string(),
-                        issue_date: format_date(issued),
-                        expiry_date: expiry.to_string(),
-                    }),
-                    verdict: Some(check_response(verdict, sequence)),
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::CitizenRecord {
-            id_number: number.to_string(),
-            cards,
-            events,
-            sequence,
-            refused_withdrawals: state.refused_withdrawals().collect(),
-            next_after_sequence: next.unwrap_or(0),
-        }))
+        let store = Arc::clone(self.ledger.store());
+        read_record(&store, number, wire.after_sequence, limit, today)
+            .await?
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no record for id_number {number}")))
     }
 }
 

@@ -1,0 +1,88 @@
+//! A number's record for auditors (`GetRecord`): its history a page at a time, and on the first
+//! page every card the registry knows of with the verdict it would get today.
+
+use std::sync::Arc;
+
+use time::Date;
+
+use crate::card::{Card, CitizenNumber, PresentedCard, format_date};
+use crate::proto::{check_response, v1 as pb};
+use crate::registry::{Summary, verdict};
+use crate::store::{Store, StoreError};
+
+/// The most events one `GetRecord` answer carries (each at most about 1.3 KB): a long history is
+/// read in pages, within the 4 MiB a response may have.
+pub const MAX_RECORD_PAGE: usize = 1000;
+
+/// The page of `number`'s record after sequence `after`, at most `limit` events; `None` when the
+/// registry holds nothing about it.
+pub async fn read_record(
+    store: &Arc<Store>,
+    number: CitizenNumber,
+    after: u64,
+    limit: usize,
+    today: Date,
+) -> Result<Option<pb::CitizenRecord>, StoreError> {
+    if !store.may_have_record(number) {
+        return Ok(None);
+    }
+    let sequence = store.sequence();
+    let found = store
+        .read(move |store| {
+            let Some(state) = store.history(number)? else {
+                return Ok(None);
+            };
+            let mut page: Vec<u64> = state
+                .entries()
+                .iter()
+                .map(|e| e.sequence)
+                .filter(|&sequence| sequence > after)
+                .take(limit + 1)
+                .collect();
+            // One beyond the page says whether there is a next one.
+            let next = (page.len() > limit).then(|| {
+                page.truncate(limit);
+                page.last().copied().unwrap_or_default()
+            });
+            let events = store.events(&page)?;
+            Ok(Some((state, events, next)))
+        })
+        .await?;
+    let Some((state, events, next)) = found else {
+        return Ok(None);
+    };
+    // The cards, with their verdicts, on the first page only.
+    let known_cards = if after == 0 {
+        state.known_cards()
+    } else {
+        Vec::new()
+    };
+    let summary = Summary::of(&state);
+    let cards = known_cards
+        .into_iter()
+        .map(|(issued, expiry)| {
+            let card = Card {
+                number,
+                issued,
+                expiry,
+            };
+            let verdict = verdict(&PresentedCard::Current(card), Some(&summary), today);
+            pb::CardRecord {
+                card: Some(pb::CardRef {
+                    id_number: number.to_string(),
+                    issue_date: format_date(issued),
+                    expiry_date: expiry.to_string(),
+                }),
+                verdict: Some(check_response(verdict, sequence)),
+            }
+        })
+        .collect();
+    Ok(Some(pb::CitizenRecord {
+        id_number: number.to_string(),
+        cards,
+        events,
+        sequence,
+        refused_withdrawals: state.refused_withdrawals().collect(),
+        next_after_sequence: next.unwrap_or(0),
+    }))
+}
