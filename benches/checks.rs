@@ -148,6 +148,7 @@ fn store_hit(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let summary = store
+                    .citizens()
                     .summaries(&[number(&long)])
                     .expect("read")
                     .pop()
@@ -163,6 +164,7 @@ fn store_hit(c: &mut Criterion) {
             at = (at + 1) % cards.len();
             let card = &cards[at];
             let summary = store
+                .citizens()
                 .summaries(&[number(card)])
                 .expect("read")
                 .pop()

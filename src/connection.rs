@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, http};
 use tonic::transport::server::{Connected, TlsConnectInfo};
 
 /// Accepted connections, at most `max` open at once: past it the listener is not read, so that
@@ -239,7 +239,12 @@ pub struct CountCalls<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// The inner service of a middleware, to call now, with a clone left in its place: the one that
+/// `poll_ready` made ready is the one to call, and the clone waits for the next `poll_ready`.
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let ready = inner.clone();
+    std::mem::replace(inner, ready)
+}
 
 impl<S, B, R> tower::Service<http::Request<B>> for CountCalls<S>
 where
@@ -248,7 +253,7 @@ where
 {
     type Response = http::Response<Counted<R>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = BoxFuture<Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)

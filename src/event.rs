@@ -66,20 +66,62 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The kind's name, as the export format and the metrics spell it.
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> Kind {
         match self {
             EventKind::Reported {
                 loss: Loss::Lost, ..
-            } => "lost",
+            } => Kind::Lost,
             EventKind::Reported {
                 loss: Loss::Stolen, ..
-            } => "stolen",
-            EventKind::Issued { .. } => "issued",
-            EventKind::Revoked { .. } => "revoked",
-            EventKind::Cancelled { .. } => "cancelled",
-            EventKind::Withdrawn { .. } => "withdrawn",
+            } => Kind::Stolen,
+            EventKind::Issued { .. } => Kind::Issued,
+            EventKind::Revoked { .. } => Kind::Revoked,
+            EventKind::Cancelled { .. } => Kind::Cancelled,
+            EventKind::Withdrawn { .. } => Kind::Withdrawn,
         }
+    }
+
+    /// The kind's name ([`Kind::name`]).
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+/// The kinds of event, named once for the export format, the generator and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Issued,
+    Lost,
+    Stolen,
+    Revoked,
+    Cancelled,
+    Withdrawn,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Issued,
+        Kind::Lost,
+        Kind::Stolen,
+        Kind::Revoked,
+        Kind::Cancelled,
+        Kind::Withdrawn,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Issued => "issued",
+            Kind::Lost => "lost",
+            Kind::Stolen => "stolen",
+            Kind::Revoked => "revoked",
+            Kind::Cancelled => "cancelled",
+            Kind::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// The kind named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 }
 
@@ -87,6 +129,8 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub report_id: ReportId,
+    /// Who reported it: a 6-digit division code with a valid province, then perhaps a unit.
+    pub authority: String,
     pub occurred_at: OffsetDateTime,
     pub kind: EventKind,
 }
@@ -121,6 +165,11 @@ impl ReportKey {
         Self(key)
     }
 
+    /// A key as [`ReportKey::as_bytes`] gave it, read back from the store or an import's sort.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self(bytes.to_vec())
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -128,17 +177,23 @@ impl ReportKey {
 
 /// A validated event together with its canonical wire form (number with upper-case `X`, `LONG`
 /// in upper case): two submissions are the same report exactly when their canonical forms are
-/// equal.
+/// equal. The rules read [`Event`]; the canonical form is what the log stores and the cluster
+/// stream carries, so only [`validate_event`] makes one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidEvent {
     pub event: Event,
-    pub canonical: pb::RegistryEvent,
+    canonical: pb::RegistryEvent,
 }
 
 impl ValidEvent {
     /// Where the event's `report_id` lives ([`ReportKey`]).
     pub fn report_key(&self) -> ReportKey {
-        ReportKey::new(&self.canonical.authority, &self.event.report_id)
+        ReportKey::new(&self.event.authority, &self.event.report_id)
+    }
+
+    /// The canonical wire form, for the log's encoding and the cluster stream.
+    pub fn canonical(&self) -> &pb::RegistryEvent {
+        &self.canonical
     }
 }
 
@@ -212,6 +267,7 @@ pub fn validate_event(
     Ok(ValidEvent {
         event: Event {
             report_id,
+            authority: canonical.authority.clone(),
             occurred_at,
             kind,
         },

@@ -22,7 +22,15 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::card::{FieldError, Rule};
+use crate::event;
 use crate::proto::{self, v1 as pb};
+
+/// Where a record came from: the index of its input file and its line, for naming refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub file: u32,
+    pub line: u64,
+}
 
 /// One exported event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -100,25 +108,28 @@ impl RecordText<'_> {
             })
         };
         use pb::registry_event::Kind;
-        let kind = match self.kind.as_ref() {
-            "lost" => reported(pb::LossKind::Lost),
-            "stolen" => reported(pb::LossKind::Stolen),
-            "issued" => Kind::Issued(pb::CardIssued { card: card() }),
-            "revoked" => Kind::Revoked(pb::CardRevoked {
+        let Some(named) = event::Kind::from_name(self.kind.as_ref()) else {
+            return Err(FieldError::new(
+                "kind",
+                Rule::UnknownKind(self.kind.as_ref().into()),
+            ));
+        };
+        let kind = match named {
+            event::Kind::Lost => reported(pb::LossKind::Lost),
+            event::Kind::Stolen => reported(pb::LossKind::Stolen),
+            event::Kind::Issued => Kind::Issued(pb::CardIssued { card: card() }),
+            event::Kind::Revoked => Kind::Revoked(pb::CardRevoked {
                 card: card(),
                 note: self.note.as_ref().to_owned(),
             }),
-            "cancelled" => Kind::Cancelled(pb::CitizenCancelled {
+            event::Kind::Cancelled => Kind::Cancelled(pb::CitizenCancelled {
                 id_number: self.id_number.as_ref().to_owned(),
                 note: self.note.as_ref().to_owned(),
             }),
-            "withdrawn" => Kind::Withdrawn(pb::ReportWithdrawn {
+            event::Kind::Withdrawn => Kind::Withdrawn(pb::ReportWithdrawn {
                 withdrawn_report_id: self.withdrawn_report_id.as_ref().to_owned(),
                 note: self.note.as_ref().to_owned(),
             }),
-            other => {
-                return Err(FieldError::new("kind", Rule::UnknownKind(other.into())));
-            }
         };
         Ok(pb::RegistryEvent {
             report_id: self.report_id.as_ref().to_owned(),

@@ -1,9 +1,10 @@
 //! The generated wire types, and the conversions between their wire and domain forms that more
-//! than one module needs: instants, verdicts and reasons.
+//! than one module needs: instants, verdicts, reasons and recorded events' kinds.
 
 use time::OffsetDateTime;
 
 use crate::card::FieldError;
+use crate::event::Kind;
 use crate::registry::{Reason, Verdict};
 
 /// The generated packages, nested as their names are so that cross-package references resolve.
@@ -87,6 +88,19 @@ pub fn malformed_response(error: &FieldError, sequence: u64) -> v1::CheckRespons
 }
 
 /// The wire form of a reason.
+/// The kind of a recorded event, as the rules name it.
+pub fn event_kind(kind: &v1::registry_event::Kind) -> Kind {
+    use v1::registry_event::Kind as Wire;
+    match kind {
+        Wire::Reported(reported) if reported.kind() == v1::LossKind::Stolen => Kind::Stolen,
+        Wire::Reported(_) => Kind::Lost,
+        Wire::Issued(_) => Kind::Issued,
+        Wire::Revoked(_) => Kind::Revoked,
+        Wire::Cancelled(_) => Kind::Cancelled,
+        Wire::Withdrawn(_) => Kind::Withdrawn,
+    }
+}
+
 pub fn wire_reason(reason: Reason) -> v1::Reason {
     match reason {
         Reason::FirstGeneration => v1::Reason::FirstGeneration,

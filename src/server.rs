@@ -418,14 +418,14 @@ impl Application {
         let store = Arc::new(store);
         tracing::info!(
             data_dir = %config.data_dir.display(),
-            sequence = store.sequence(),
-            numbers_with_records = store.index().len(),
-            index = ?store.index_origin(),
+            sequence = store.log().sequence(),
+            numbers_with_records = store.citizens().index().len(),
+            index = ?store.citizens().index_origin(),
             "registry open"
         );
         let cluster = match config.cluster() {
             Some(cluster) => Some(Arc::new(Cluster::join(&cluster, Arc::clone(&store)).await?)),
-            None => match store.stream() {
+            None => match store.log().stream() {
                 Some(stream) => return Err(ServeError::FollowsStream(stream.to_owned())),
                 None => None,
             },

@@ -149,9 +149,7 @@ pub fn rpc_layer() -> TraceLayer<
 /// Metrics, exported in Prometheus' text format on their own HTTP listener so that scraping never
 /// competes with gRPC for a port or a thread.
 pub mod metrics {
-    use std::future::Future;
     use std::net::SocketAddr;
-    use std::pin::Pin;
     use std::sync::Weak;
     use std::task::{Context, Poll};
     use std::time::{Duration, Instant};
@@ -159,7 +157,7 @@ pub mod metrics {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use tonic::codegen::http;
+    use tonic::codegen::{BoxFuture, http};
 
     use crate::store::Store;
 
@@ -243,10 +241,11 @@ pub mod metrics {
                 return;
             };
             let stats = store.statistics();
-            metrics::gauge!("idguard_registry_sequence").set(store.sequence() as f64);
-            metrics::gauge!("idguard_hit_sequence").set(store.hit_sequence() as f64);
-            metrics::gauge!("idguard_index_numbers").set(store.index().len() as f64);
-            metrics::gauge!("idguard_index_bytes").set(store.index().table_bytes() as f64);
+            metrics::gauge!("idguard_registry_sequence").set(store.log().sequence() as f64);
+            metrics::gauge!("idguard_hit_sequence").set(store.hits().sequence() as f64);
+            metrics::gauge!("idguard_index_numbers").set(store.citizens().index().len() as f64);
+            metrics::gauge!("idguard_index_bytes")
+                .set(store.citizens().index().table_bytes() as f64);
             metrics::gauge!("idguard_watch_subscribers").set(stats.watchers as f64);
             metrics::gauge!("idguard_rocksdb_block_cache_hit_ratio")
                 .set(stats.block_cache_hit_ratio);
@@ -294,8 +293,6 @@ pub mod metrics {
         inner: S,
     }
 
-    type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
     impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
     where
         S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
@@ -304,16 +301,14 @@ pub mod metrics {
     {
         type Response = S::Response;
         type Error = S::Error;
-        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+        type Future = BoxFuture<Self::Response, Self::Error>;
 
         fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             self.inner.poll_ready(context)
         }
 
         fn call(&mut self, request: http::Request<B>) -> Self::Future {
-            // The clone that was made ready is the one to call.
-            let ready = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, ready);
+            let mut inner = crate::connection::take_ready(&mut self.inner);
             let method = method_label(request.uri().path());
             let started = Instant::now();
             Box::pin(async move {

@@ -3,15 +3,13 @@
 //! and what HTTP/2 flow control lets it send unread (see docs/security.md for the
 //! bound). Health checks pass unauthenticated: load balancers probe them without credentials.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, http};
 
 use super::{Access, Principal};
-use crate::connection::ConnectionInfo;
+use crate::connection::{ConnectionInfo, take_ready};
 
 /// The principal the gate found, for the service to take instead of authenticating again.
 #[derive(Debug, Clone)]
@@ -51,8 +49,6 @@ pub struct Gate<S> {
     access: Arc<Access>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B, R> tower::Service<http::Request<B>> for Gate<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
@@ -62,16 +58,14 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = BoxFuture<Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // The clone that was made ready is the one to call.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let mut inner = take_ready(&mut self.inner);
         if !request.uri().path().starts_with(OPEN_PREFIX) {
             let certs = ConnectionInfo::peer_certs(request.extensions());
             match self

@@ -19,7 +19,7 @@ pub async fn check_cards(
     cards: &[PresentedCard],
     today: Date,
 ) -> Result<(Vec<Verdict>, u64), StoreError> {
-    let sequence = store.sequence();
+    let sequence = store.log().sequence();
     let numbers: Vec<CitizenNumber> = cards
         .iter()
         .filter_map(|card| match card {
@@ -27,7 +27,7 @@ pub async fn check_cards(
             PresentedCard::FirstGeneration => None,
         })
         .collect();
-    let mut found = store.may_have_records(&numbers).into_iter();
+    let mut found = store.citizens().may_have_records(&numbers).into_iter();
     let mut to_read = Vec::new();
     let may_have_record: Vec<bool> = cards
         .iter()
@@ -46,7 +46,9 @@ pub async fn check_cards(
     let mut states = if to_read.is_empty() {
         Vec::new()
     } else {
-        store.read(move |store| store.summaries(&to_read)).await?
+        store
+            .read(move |store| store.citizens().summaries(&to_read))
+            .await?
     }
     .into_iter();
     let verdicts = cards

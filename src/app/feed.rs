@@ -33,25 +33,25 @@ pub trait Log: Send + Sync + 'static {
 }
 
 /// The registry's event log (`Watch`).
-pub struct EventLog(pub Arc<Store>);
+pub struct EventFeed(pub Arc<Store>);
 
-impl Log for EventLog {
+impl Log for EventFeed {
     type Record = pb::RegistryChange;
 
     fn published(&self) -> u64 {
-        self.0.sequence()
+        self.0.log().sequence()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Self::Record>> {
-        self.0.subscribe_changes()
+        self.0.log().subscribe()
     }
 
     fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError> {
-        self.0.changes(from, through, limit)
+        self.0.log().read(from, through, limit)
     }
 
     fn gap_free(&self) -> bool {
-        self.0.stream().is_none()
+        self.0.log().stream().is_none()
     }
 
     fn sequence_of(change: &Self::Record) -> u64 {
@@ -60,21 +60,21 @@ impl Log for EventLog {
 }
 
 /// The hit log (`WatchHits`).
-pub struct HitLog(pub Arc<Store>);
+pub struct HitFeed(pub Arc<Store>);
 
-impl Log for HitLog {
+impl Log for HitFeed {
     type Record = pb::Hit;
 
     fn published(&self) -> u64 {
-        self.0.hit_sequence()
+        self.0.hits().sequence()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Self::Record>> {
-        self.0.subscribe_hits()
+        self.0.hits().subscribe()
     }
 
     fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Self::Record>, StoreError> {
-        self.0.hits(from, through, limit)
+        self.0.hits().read(from, through, limit)
     }
 
     fn sequence_of(hit: &Self::Record) -> u64 {

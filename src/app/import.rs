@@ -18,8 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
 use crate::event::{ValidEvent, validate_event};
-use crate::event_file::read_events_from;
-use crate::store::{BulkLoad, BulkSummary, Origin, Progress, Refusal, StoreError, StoreOptions};
+use crate::event_file::{Origin, read_events_from};
+use crate::store::{BulkLoad, BulkSummary, Progress, Refusal, StoreError, StoreOptions};
 
 /// Records handed between the import's threads at once.
 const CHUNK: usize = 4096;

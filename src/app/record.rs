@@ -23,13 +23,13 @@ pub async fn read_record(
     limit: usize,
     today: Date,
 ) -> Result<Option<pb::CitizenRecord>, StoreError> {
-    if !store.may_have_record(number) {
+    if !store.citizens().may_have_record(number) {
         return Ok(None);
     }
-    let sequence = store.sequence();
+    let sequence = store.log().sequence();
     let found = store
         .read(move |store| {
-            let Some(state) = store.history(number)? else {
+            let Some(state) = store.citizens().history(number)? else {
                 return Ok(None);
             };
             let mut page: Vec<u64> = state
@@ -44,7 +44,7 @@ pub async fn read_record(
                 page.truncate(limit);
                 page.last().copied().unwrap_or_default()
             });
-            let events = store.events(&page)?;
+            let events = store.log().get(&page)?;
             Ok(Some((state, events, next)))
         })
         .await?;

@@ -171,7 +171,7 @@ impl Verdicts {
 
     /// Waits until the registry has reached `min_sequence`, for at most `budget`.
     pub async fn reach(&self, min_sequence: u64, budget: Duration) -> Result<(), CheckError> {
-        let sequence = self.store.sequence();
+        let sequence = self.store.log().sequence();
         if sequence >= min_sequence {
             return Ok(());
         }
@@ -181,11 +181,11 @@ impl Verdicts {
                 sequence,
             });
         }
-        tokio::time::timeout(budget, self.store.reached(min_sequence))
+        tokio::time::timeout(budget, self.store.log().reached(min_sequence))
             .await
             .map_err(|_| CheckError::NotReached {
                 min_sequence,
-                sequence: self.store.sequence(),
+                sequence: self.store.log().sequence(),
             })
     }
 
@@ -280,7 +280,7 @@ impl Verdicts {
                 .iter()
                 .any(|response| response.status() == pb::CardStatus::Invalid);
         if !hits.is_empty() || reason_hidden {
-            self.store.record_hits(hits).await?;
+            self.store.hits().record(hits).await?;
         }
         let finish = |responses: &mut Vec<pb::CheckResponse>| {
             for (response, item) in responses.iter_mut().zip(&judged) {
@@ -312,7 +312,7 @@ impl Verdicts {
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut rest = requests;
         while let Some(first) = rest.first() {
-            let reached = self.store.sequence();
+            let reached = self.store.log().sequence();
             let ready = rest
                 .iter()
                 .take_while(|request| request.min_sequence <= reached)

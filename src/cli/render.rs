@@ -11,17 +11,14 @@ pub(super) fn china_time(at: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-fn reason_name(reason: pb::Reason) -> &'static str {
-    match reason {
-        pb::Reason::Unspecified => "unspecified",
-        pb::Reason::Lost => "lost",
-        pb::Reason::Stolen => "stolen",
-        pb::Reason::Superseded => "superseded",
-        pb::Reason::Revoked => "revoked",
-        pb::Reason::CitizenCancelled => "citizen cancelled",
-        pb::Reason::Expired => "expired",
-        pb::Reason::FirstGeneration => "first generation",
-    }
+/// A reason as a shell user reads it: its wire name in words (`REASON_CITIZEN_CANCELLED` is
+/// "citizen cancelled"), so that no second list of names can drift from the contract's.
+fn reason_name(reason: pb::Reason) -> String {
+    let name = reason.as_str_name();
+    name.strip_prefix("REASON_")
+        .unwrap_or(name)
+        .to_lowercase()
+        .replace('_', " ")
 }
 
 /// One line per verdict: `VALID ...` or `INVALID <reason> since <time>: <detail>`.
@@ -101,4 +98,19 @@ pub(super) fn describe_record(record: &pb::CitizenRecord) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_as_the_words_of_their_wire_names() {
+        assert_eq!(reason_name(pb::Reason::Stolen), "stolen");
+        assert_eq!(
+            reason_name(pb::Reason::CitizenCancelled),
+            "citizen cancelled"
+        );
+        assert_eq!(reason_name(pb::Reason::FirstGeneration), "first generation");
+    }
 }

@@ -4,8 +4,8 @@ use clap::Args;
 
 use super::CliError;
 use super::client::{Authenticated, ServerArgs, connect};
+use crate::event_file::Origin;
 use crate::proto::v1::registry_client::RegistryClient;
-use crate::store::Origin;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {

@@ -9,7 +9,28 @@ use std::sync::Arc;
 use crate::event::ValidEvent;
 use crate::ledger::cluster::Cluster;
 use crate::registry::Recorder;
-use crate::store::{Applied, ApplyError, PendingApply, Store};
+use crate::store::{Applied, ApplyError, PendingApply, Store, StoreError};
+
+/// Why an event was not recorded: the registry's refusal or failure, or what only a cluster node
+/// meets on the way through the shared stream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A cluster node could not get the event into the shared stream, or not applied here in
+    /// time: retrying is safe (the `report_id` makes it idempotent).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A cluster stream message that is not an idguard event: it registers nothing.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<StoreError> for RecordError {
+    fn from(error: StoreError) -> Self {
+        Self::Apply(error.into())
+    }
+}
 
 /// A node's way of recording events, and the store its checks read.
 #[derive(Clone)]
@@ -35,9 +56,14 @@ impl Ledger {
         &self,
         event: ValidEvent,
         recorder: &Recorder,
-    ) -> Result<PendingApply, ApplyError> {
+    ) -> Result<PendingApply<RecordError>, RecordError> {
         match self {
-            Self::Local(store) => store.enqueue(event, recorder).await,
+            Self::Local(store) => {
+                let pending = store.enqueue(event, recorder).await?;
+                Ok(PendingApply::new(
+                    async move { Ok(pending.outcome().await?) },
+                ))
+            }
             Self::Cluster(cluster) => cluster.enqueue(event, recorder).await,
         }
     }
@@ -48,7 +74,7 @@ impl Ledger {
         &self,
         event: ValidEvent,
         recorder: &Recorder,
-    ) -> Result<Applied, ApplyError> {
+    ) -> Result<Applied, RecordError> {
         self.enqueue(event, recorder).await?.outcome().await
     }
 }

@@ -18,6 +18,7 @@ use tonic::metadata::MetadataMap;
 use crate::app::feed::FeedError;
 use crate::app::verdicts::{CheckError, MAX_SEQUENCE_WAIT};
 use crate::card::FieldError;
+use crate::ledger::RecordError;
 use crate::proto::google;
 use crate::store::{ApplyError, StoreError};
 
@@ -152,12 +153,22 @@ impl From<ApplyError> for Status {
             ApplyError::Conflict { .. } => Status::already_exists(error.to_string()),
             ApplyError::Denied(_) => Status::permission_denied(error.to_string()),
             ApplyError::Quota(_) => Status::resource_exhausted(error.to_string()),
-            ApplyError::Closed | ApplyError::Unavailable(_) => {
+            // A message out of turn is the cluster follower's to read again.
+            ApplyError::Closed | ApplyError::OutOfTurn { .. } => {
                 Status::unavailable(error.to_string())
             }
             ApplyError::FollowsStream(_) => Status::failed_precondition(error.to_string()),
-            ApplyError::Unreadable(_) => Status::internal(error.to_string()),
             ApplyError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<RecordError> for Status {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::Apply(error) => error.into(),
+            RecordError::Unavailable(_) => Status::unavailable(error.to_string()),
+            RecordError::Unreadable(_) => Status::internal(error.to_string()),
         }
     }
 }

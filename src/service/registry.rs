@@ -11,13 +11,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Draining, invalid_argument, next_message, now, rpc_status};
 use crate::access::{Access, Caller, Needs, Role};
-use crate::app::feed::{self, EventLog, HitLog, Log};
+use crate::app::feed::{self, EventFeed, HitFeed, Log};
 use crate::app::record::{MAX_RECORD_PAGE, read_record};
 use crate::card::{FieldError, china_today, parse_registrable_number};
 use crate::event::{ValidEvent, validate_event};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, RecordError};
 use crate::proto::v1::{self as pb, registry_server::Registry};
-use crate::store::{Applied, ApplyError, PendingApply};
+use crate::store::{Applied, PendingApply};
 
 /// Events of one `Submit` stream that may be queued or awaiting durability at once; past that the
 /// stream is not read, so HTTP/2 flow control slows the reporter down.
@@ -58,14 +58,14 @@ fn admissible(caller: &Caller, event: pb::RegistryEvent) -> Result<ValidEvent, S
 /// An event of a `Submit` stream on its way to its ack, kept in the order received.
 enum InFlight {
     /// Queued for the writer: its ack waits for durability.
-    Queued(String, PendingApply),
+    Queued(String, PendingApply<RecordError>),
     /// Refused before it was queued.
     Refused(String, Status),
     /// The stream ended with an error after the acks before it.
     End(Status),
 }
 
-fn ack(report_id: String, outcome: Result<Applied, ApplyError>) -> pb::SubmitAck {
+fn ack(report_id: String, outcome: Result<Applied, RecordError>) -> pb::SubmitAck {
     match outcome {
         Ok(applied) => pb::SubmitAck {
             report_id,
@@ -202,7 +202,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.follow(
             &request,
-            EventLog(Arc::clone(self.ledger.store())),
+            EventFeed(Arc::clone(self.ledger.store())),
             request.get_ref().from_sequence,
         )
     }
@@ -215,7 +215,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::WatchHitsStream>, Status> {
         self.follow(
             &request,
-            HitLog(Arc::clone(self.ledger.store())),
+            HitFeed(Arc::clone(self.ledger.store())),
             request.get_ref().from_sequence,
         )
     }

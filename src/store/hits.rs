@@ -10,11 +10,49 @@ use std::sync::atomic::Ordering;
 
 use prost::Message;
 use rocksdb::{WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::event_log::read_log;
 use super::writer::drain_in_groups;
 use super::{CF_HITS, Shared, StoreError, codec};
 use crate::proto::v1 as pb;
+
+/// The hit log of a [`super::Store`].
+#[derive(Clone, Copy)]
+pub struct HitLog<'s> {
+    pub(super) shared: &'s Shared,
+    /// The hit writer; gone once the store is closing.
+    pub(super) writer: Option<&'s mpsc::Sender<HitSubmission>>,
+}
+
+impl HitLog<'_> {
+    /// Records `hits`; resolves once they are durable and sent to watchers.
+    pub async fn record(&self, hits: Vec<pb::Hit>) -> Result<(), StoreError> {
+        let closed = || StoreError::Interrupted("the registry is shutting down".into());
+        let writer = self.writer.ok_or_else(closed)?;
+        let (reply, outcome) = oneshot::channel();
+        writer
+            .send(HitSubmission { hits, reply })
+            .await
+            .map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    /// The last durable hit's sequence.
+    pub fn sequence(&self) -> u64 {
+        self.shared.hit_sequence.load(Ordering::Acquire)
+    }
+
+    /// New hits from now on, once durable, in order (see [`super::EventLog::subscribe`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Hit>> {
+        self.shared.hits.subscribe()
+    }
+
+    /// Up to `limit` recorded hits from hit sequence `from` through `through`. Blocking.
+    pub fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<pb::Hit>, StoreError> {
+        read_log(self.shared, CF_HITS, from, through, limit)
+    }
+}
 
 /// The default column family's key a group of hit-log submissions without hits writes.
 const SYNC_MARKER_KEY: &[u8] = b"idguard.hit_sync";

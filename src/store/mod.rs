@@ -17,7 +17,9 @@
 
 mod backup;
 mod bulk;
+mod citizens;
 mod codec;
+mod event_log;
 mod hits;
 pub mod index;
 mod snapshot;
@@ -34,15 +36,18 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::card::{CitizenNumber, FieldError};
-use crate::event::{ReportKey, ValidEvent};
+use crate::card::FieldError;
+use crate::event::ValidEvent;
 use crate::proto::v1 as pb;
-use crate::registry::{CitizenState, Denial, Recorder, Summary};
+use crate::registry::{Denial, Recorder};
 use crate::store::index::RecordIndex;
 
 pub use backup::{registry_sequence, restore};
-pub use bulk::{BulkLoad, BulkSummary, Origin, Progress, Refusal};
+pub use bulk::{BulkLoad, BulkSummary, Progress, Refusal};
+pub use citizens::Citizens;
 pub use codec::Corrupt;
+pub use event_log::EventLog;
+pub use hits::HitLog;
 pub use writer::Applied;
 use writer::Placement;
 
@@ -131,14 +136,10 @@ pub enum ApplyError {
     Quota(String),
     #[error("the registry is shutting down")]
     Closed,
-    /// A cluster node could not get the event into the shared stream, or not applied here in
-    /// time: retrying is safe (the `report_id` makes it idempotent).
-    #[error("{0}")]
-    Unavailable(String),
-    /// A cluster stream message that is not an idguard event: it registers nothing.
-    #[error("{0}")]
-    Unreadable(String),
-    /// A node's store follows a cluster stream: its events come from there, not from this node.
+    /// A stream message arrived out of turn: applying it would skip one, lost for good.
+    #[error("stream message {arrived} arrived while this registry expects {expected}")]
+    OutOfTurn { arrived: u64, expected: u64 },
+    /// The registry follows a stream: its events come from there, not from this node.
     #[error("this registry follows the cluster stream {0:?}: events are applied from it")]
     FollowsStream(String),
     #[error(transparent)]
@@ -180,10 +181,6 @@ impl Shared {
     fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
         column_family(&self.db, name)
     }
-
-    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
-        stored_event(&self.db, sequence)
-    }
 }
 
 /// The recorded event with this sequence; one that is not there means a damaged log.
@@ -204,18 +201,16 @@ pub enum IndexOrigin {
 }
 
 /// An event on its way into the registry; its outcome arrives once it is durable and applied (or
-/// refused).
-pub struct PendingApply(Pin<Box<dyn Future<Output = Result<Applied, ApplyError>> + Send>>);
+/// refused). Generic over the error, so that the ledger hands on the store's with its own.
+pub struct PendingApply<E = ApplyError>(Pin<Box<dyn Future<Output = Result<Applied, E>> + Send>>);
 
-impl PendingApply {
+impl<E> PendingApply<E> {
     /// The outcome `outcome` will give.
-    pub fn new(
-        outcome: impl Future<Output = Result<Applied, ApplyError>> + Send + 'static,
-    ) -> Self {
+    pub fn new(outcome: impl Future<Output = Result<Applied, E>> + Send + 'static) -> Self {
         Self(Box::pin(outcome))
     }
 
-    pub async fn outcome(self) -> Result<Applied, ApplyError> {
+    pub async fn outcome(self) -> Result<Applied, E> {
         self.0.await
     }
 }
@@ -296,18 +291,6 @@ impl Store {
         })
     }
 
-    /// Records `hits` in the hit log; resolves once they are durable and sent to watchers.
-    pub async fn record_hits(&self, hits: Vec<pb::Hit>) -> Result<(), StoreError> {
-        let closed = || StoreError::Interrupted("the registry is shutting down".into());
-        let writer = self.hit_writer.as_ref().ok_or_else(closed)?;
-        let (reply, outcome) = oneshot::channel();
-        writer
-            .send(hits::HitSubmission { hits, reply })
-            .await
-            .map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
-    }
-
     /// Whether the last write succeeded (see [`Store::probe_write`]).
     pub fn writable(&self) -> bool {
         self.shared.writable.load(Ordering::Acquire)
@@ -322,7 +305,7 @@ impl Store {
         let written = self
             .shared
             .db
-            .put_opt(PROBE_KEY, self.sequence().to_be_bytes(), &sync);
+            .put_opt(PROBE_KEY, self.log().sequence().to_be_bytes(), &sync);
         self.shared
             .writable
             .store(written.is_ok(), Ordering::Release);
@@ -361,21 +344,6 @@ impl Store {
         }
     }
 
-    /// The last durable hit's sequence.
-    pub fn hit_sequence(&self) -> u64 {
-        self.shared.hit_sequence.load(Ordering::Acquire)
-    }
-
-    /// New hits from now on, once durable, in order (see [`Store::subscribe_changes`]).
-    pub fn subscribe_hits(&self) -> broadcast::Receiver<Arc<pb::Hit>> {
-        self.shared.hits.subscribe()
-    }
-
-    /// Up to `limit` recorded hits from hit sequence `from` through `through`. Blocking.
-    pub fn hits(&self, from: u64, through: u64, limit: usize) -> Result<Vec<pb::Hit>, StoreError> {
-        self.read_log(CF_HITS, from, through, limit)
-    }
-
     /// Queues one validated event for the writer, waiting for room in the queue (this is what
     /// slows down a reporter that sends faster than events become durable). Events queued one
     /// after the other are applied in that order. A registry that follows a cluster stream
@@ -385,19 +353,19 @@ impl Store {
         event: ValidEvent,
         recorder: &Recorder,
     ) -> Result<PendingApply, ApplyError> {
-        if let Some(stream) = self.stream() {
+        if let Some(stream) = self.log().stream() {
             return Err(ApplyError::FollowsStream(stream.to_owned()));
         }
-        self.submit(Ok(event), recorder, Placement::Next).await
+        self.submit(Some(event), recorder, Placement::Next).await
     }
 
-    /// Queues the event that the cluster stream holds at `sequence`, published at `recorded_at`,
-    /// for the writer (see [`Store::enqueue`]); or, for a message that is not a valid event, the
-    /// refusal, which registers nothing but still moves the node past it. The outcome is the same
-    /// on every node.
+    /// Queues the event that the cluster stream holds at `sequence`, published at `recorded_at`
+    /// by `recorder`, for the writer (see [`Store::enqueue`]); or, for a message that is no valid
+    /// event (`None`), only the registry's position in the stream: it registers nothing, but the
+    /// node has passed it. The outcome is the same on every node.
     pub async fn enqueue_from_stream(
         &self,
-        event: Result<ValidEvent, ApplyError>,
+        event: Option<ValidEvent>,
         recorder: &Recorder,
         sequence: u64,
         recorded_at: OffsetDateTime,
@@ -411,7 +379,7 @@ impl Store {
 
     async fn submit(
         &self,
-        event: Result<ValidEvent, ApplyError>,
+        event: Option<ValidEvent>,
         recorder: &Recorder,
         placement: Placement,
     ) -> Result<PendingApply, ApplyError> {
@@ -431,29 +399,24 @@ impl Store {
         }))
     }
 
-    /// The cluster stream this registry follows, if it is bound to one.
-    pub fn stream(&self) -> Option<&str> {
-        self.shared.stream.get().map(String::as_str)
-    }
-
     /// Binds this registry to the cluster stream `name`, for good: from now on its events come
     /// only from that stream, whose sequences become its own. Refused for a registry that holds
     /// events of its own (their sequences would clash with the stream's) or follows another
     /// stream. Blocking.
     pub fn bind_stream(&self, name: &str) -> Result<(), StoreError> {
         let refuse = |why: String| StoreError::data_dir(&self.data_dir, why);
-        match self.stream() {
+        match self.log().stream() {
             Some(bound) if bound == name => return Ok(()),
             Some(bound) => {
                 return Err(refuse(format!(
                     "it follows the cluster stream {bound:?}, not {name:?}"
                 )));
             }
-            None if self.sequence() > 0 => {
+            None if self.log().sequence() > 0 => {
                 return Err(refuse(format!(
                     "it holds {} events recorded by a single node; a cluster node starts from an \
                      empty data dir or a backup of another node of the same stream",
-                    self.sequence()
+                    self.log().sequence()
                 )));
             }
             None => {}
@@ -465,74 +428,25 @@ impl Store {
         Ok(())
     }
 
-    /// Resolves once the published sequence is at least `sequence`.
-    pub async fn reached(&self, sequence: u64) {
-        let mut published = self.shared.published.subscribe();
-        // The sender lives as long as the store, so waiting cannot fail while `self` exists.
-        let _ = published.wait_for(|&published| published >= sequence).await;
+    /// The event log, as checks, feeds and retries read it.
+    pub fn log(&self) -> EventLog<'_> {
+        EventLog(&self.shared)
     }
 
-    /// Live changes from now on, each sent once durable and visible, in sequence order. A
-    /// receiver that falls more than a few thousand changes behind gets `Lagged`.
-    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<pb::RegistryChange>> {
-        self.shared.changes.subscribe()
-    }
-
-    /// Up to `limit` recorded events from sequence `from` through `through`, in order. Blocking.
-    pub fn changes(
-        &self,
-        from: u64,
-        through: u64,
-        limit: usize,
-    ) -> Result<Vec<pb::RegistryChange>, StoreError> {
-        self.read_log(CF_EVENTS, from, through, limit)
-    }
-
-    /// Up to `limit` records of a sequence-keyed log, from `from` through `through`. Blocking.
-    fn read_log<T: prost::Message + Default>(
-        &self,
-        family: &'static str,
-        from: u64,
-        through: u64,
-        limit: usize,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut log = self.shared.db.raw_iterator_cf(self.shared.cf(family));
-        log.seek(codec::sequence_key(from));
-        let mut records = Vec::new();
-        while let (Some(key), Some(value)) = (log.key(), log.value()) {
-            if codec::decode_sequence(key)? > through || records.len() == limit {
-                break;
-            }
-            records.push(codec::decode_record(family, value)?);
-            log.next();
+    /// The hit log.
+    pub fn hits(&self) -> HitLog<'_> {
+        HitLog {
+            shared: &self.shared,
+            writer: self.hit_writer.as_ref(),
         }
-        log.status()?;
-        Ok(records)
     }
 
-    /// The highest sequence whose event is durable and visible to checks.
-    pub fn sequence(&self) -> u64 {
-        self.shared.sequence.load(Ordering::Acquire)
-    }
-
-    /// Whether the number may have a record; `false` is exact and costs no I/O.
-    pub fn may_have_record(&self, number: CitizenNumber) -> bool {
-        self.shared.index.may_have_record(number)
-    }
-
-    /// [`Store::may_have_record`] for many numbers, in order.
-    pub fn may_have_records(&self, numbers: &[CitizenNumber]) -> Vec<bool> {
-        self.shared.index.may_have_records(numbers)
-    }
-
-    /// Where the index came from at open.
-    pub fn index_origin(&self) -> &IndexOrigin {
-        &self.index_origin
-    }
-
-    /// The index, for its size figures.
-    pub fn index(&self) -> &RecordIndex {
-        &self.shared.index
+    /// The numbers with a record: the index that answers most checks, and their states.
+    pub fn citizens(&self) -> Citizens<'_> {
+        Citizens {
+            shared: &self.shared,
+            index_origin: &self.index_origin,
+        }
     }
 
     /// Runs blocking reads on the blocking pool, off the async reactor threads.
@@ -545,55 +459,6 @@ impl Store {
         tokio::task::spawn_blocking(move || reads(&store))
             .await
             .map_err(|error| StoreError::Interrupted(error.to_string()))?
-    }
-
-    /// What checks need of several numbers, in order (`None`: no record). Blocking.
-    pub fn summaries(&self, numbers: &[CitizenNumber]) -> Result<Vec<Option<Summary>>, StoreError> {
-        let cf = self.shared.cf(CF_CITIZENS);
-        let keys: Vec<[u8; 8]> = numbers.iter().copied().map(codec::citizen_key).collect();
-        self.shared
-            .db
-            .batched_multi_get_cf(cf, &keys, false)
-            .into_iter()
-            .map(|found| {
-                found?
-                    .map(|bytes| codec::decode_citizen_summary(&bytes).map_err(StoreError::from))
-                    .transpose()
-            })
-            .collect()
-    }
-
-    /// The whole state of a number (`None`: no record). Blocking.
-    pub fn history(&self, number: CitizenNumber) -> Result<Option<CitizenState>, StoreError> {
-        let stored = self
-            .shared
-            .db
-            .get_pinned_cf(self.shared.cf(CF_CITIZENS), codec::citizen_key(number))?;
-        Ok(stored
-            .map(|bytes| codec::decode_citizen(&bytes).map(|(state, _)| state))
-            .transpose()?)
-    }
-
-    /// The accepted event whose `report_id` lives at `key`, as recorded, if there is one.
-    /// Blocking.
-    pub fn change_of(&self, key: &ReportKey) -> Result<Option<pb::RegistryChange>, StoreError> {
-        let Some(slot) = self
-            .shared
-            .db
-            .get_pinned_cf(self.shared.cf(CF_REPORTS), key.as_bytes())?
-        else {
-            return Ok(None);
-        };
-        let slot = codec::ReportSlot::decode(&slot)?;
-        Ok(Some(self.shared.event(slot.sequence)?))
-    }
-
-    /// The recorded events with these sequences, in order. Blocking.
-    pub fn events(&self, sequences: &[u64]) -> Result<Vec<pb::RegistryChange>, StoreError> {
-        sequences
-            .iter()
-            .map(|&sequence| self.shared.event(sequence))
-            .collect()
     }
 }
 
@@ -619,7 +484,7 @@ impl Drop for Store {
             }
         }
         // Spares the next start a scan of every citizen key.
-        let sequence = self.sequence();
+        let sequence = self.log().sequence();
         if let Err(why) = snapshot::save(
             &self.data_dir,
             &self.shared.db,

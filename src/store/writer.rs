@@ -20,11 +20,15 @@ use super::{
     ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_POSITION_KEY, Shared,
     StoreError,
 };
-use crate::card::{Card, CitizenNumber, FieldError, Rule, china_today};
-use crate::event::{EventKind, Loss, ReportId, ReportKey, ValidEvent};
+use crate::card::{CitizenNumber, FieldError, china_today};
+use crate::event::{ReportId, ReportKey, ValidEvent};
 use crate::proto::{self, v1 as pb};
 use crate::registry::tally::division_of;
-use crate::registry::{CardFact, CitizenState, DailyTally, Denial, Entry, Fact, Grant, Recorder};
+use crate::registry::{
+    CitizenState, Content, Contents, DailyTally, Denial, Entry, Fact, FirstUse, Grant, IdUse,
+    Recorder, ReportIds, Target, Touches, awaited_withdrawal, judge_report_id, what_it_touches,
+    withdrawal_target,
+};
 
 /// The most submissions committed by one WAL sync.
 const MAX_GROUP: usize = 1024;
@@ -56,9 +60,10 @@ pub(super) enum Placement {
 
 /// One event waiting for the writer, and where to send its outcome.
 pub(super) struct Submission {
-    /// The event, or why a stream message could not be read as one: such a message registers
-    /// nothing, but a cluster node has still applied the stream up to it.
-    pub event: Result<ValidEvent, ApplyError>,
+    /// The event; `None` for a stream message that is none, which registers nothing, though a
+    /// cluster node has still applied the stream up to it (its outcome is then the message's
+    /// place, as if applied).
+    pub event: Option<ValidEvent>,
     /// The principal that sent it, and what it was allowed.
     pub recorder: Recorder,
     pub placement: Placement,
@@ -93,10 +98,13 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     let outcomes: Vec<_> = group
         .iter()
         .map(|submission| match &submission.event {
-            Ok(valid) => overlay.apply(valid, &submission.recorder, submission.placement),
-            Err(refusal) => overlay
+            Some(valid) => overlay.apply(valid, &submission.recorder, submission.placement),
+            None => overlay
                 .place(submission.placement)
-                .and_then(|_| Err(refusal.clone())),
+                .map(|(sequence, _)| Applied {
+                    sequence,
+                    duplicate: false,
+                }),
         })
         .collect();
     let last = overlay.next_sequence - 1;
@@ -111,15 +119,14 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
     match written {
         Ok(()) => {
             for (submission, outcome) in group.iter().zip(&outcomes) {
-                let outcome = match outcome {
-                    Ok(applied) if applied.duplicate => "duplicate",
-                    Ok(_) => "accepted",
-                    Err(_) => "refused",
+                let (kind, outcome) = match (&submission.event, outcome) {
+                    (None, _) => ("unreadable", "refused"),
+                    (Some(valid), Ok(applied)) if applied.duplicate => {
+                        (valid.event.kind.name(), "duplicate")
+                    }
+                    (Some(valid), Ok(_)) => (valid.event.kind.name(), "accepted"),
+                    (Some(valid), Err(_)) => (valid.event.kind.name(), "refused"),
                 };
-                let kind = submission
-                    .event
-                    .as_ref()
-                    .map_or("unreadable", |valid| valid.event.kind.name());
                 metrics::counter!("idguard_events_total", "kind" => kind, "outcome" => outcome)
                     .increment(1);
             }
@@ -186,24 +193,6 @@ impl<'a> Overlay<'a> {
         }
     }
 
-    fn report(&self, key: &ReportKey) -> Result<Option<ReportSlot>, StoreError> {
-        if let Some(slot) = self.reports.get(key) {
-            return Ok(Some(*slot));
-        }
-        let stored = self
-            .shared
-            .db
-            .get_pinned_cf(self.shared.cf(CF_REPORTS), key.as_bytes())?;
-        Ok(stored.map(|bytes| ReportSlot::decode(&bytes)).transpose()?)
-    }
-
-    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
-        if let Some(change) = self.events.get(&sequence) {
-            return Ok(change.clone());
-        }
-        self.shared.event(sequence)
-    }
-
     fn citizen(&mut self, number: CitizenNumber) -> Result<&mut History, StoreError> {
         if !self.citizens.contains_key(&number) {
             let stored = self
@@ -231,7 +220,7 @@ impl<'a> Overlay<'a> {
         history
             .tally
             .admit(
-                division_of(&valid.canonical.authority),
+                division_of(&valid.event.authority),
                 china_today(recorded_at),
             )
             .map_err(|full| ApplyError::Quota(full.to_string()))?;
@@ -273,10 +262,10 @@ impl<'a> Overlay<'a> {
                 recorded_at,
             } => {
                 if sequence != self.next_sequence {
-                    return Err(ApplyError::Unavailable(format!(
-                        "stream message {sequence} arrived while this node expects {}",
-                        self.next_sequence
-                    )));
+                    return Err(ApplyError::OutOfTurn {
+                        arrived: sequence,
+                        expected: self.next_sequence,
+                    });
                 }
                 self.stream_position = Some(sequence);
                 self.next_sequence = sequence + 1;
@@ -295,21 +284,8 @@ impl<'a> Overlay<'a> {
         let (sequence, recorded_at) = self.place(placement)?;
         let event = &valid.event;
         let key = valid.report_key();
-        if let Some(slot) = self.report(&key)? {
-            let original = self.event(slot.sequence)?;
-            return match original.event {
-                Some(original) if original == valid.canonical => Ok(Applied {
-                    sequence: slot.sequence,
-                    duplicate: true,
-                }),
-                original => Err(ApplyError::Conflict {
-                    report_id: event.report_id.as_str().to_owned(),
-                    // Another jurisdiction's event is not this reporter's to locate.
-                    sequence: original
-                        .filter(|original| recorder.grant.scopes.cover(&original.authority))
-                        .map(|_| slot.sequence),
-                }),
-            };
+        if let Some(retry) = judge_retry(&*self, valid, recorder)? {
+            return Ok(retry);
         }
         let grant = match what_it_touches(&event.kind) {
             Touches::Withdrawal(target) => {
@@ -325,7 +301,7 @@ impl<'a> Overlay<'a> {
             sequence,
             pb::RegistryChange {
                 sequence,
-                event: Some(valid.canonical.clone()),
+                event: Some(valid.canonical().clone()),
                 recorded_at: Some(proto::timestamp(recorded_at)),
                 recorded_by: recorder.principal.clone(),
                 grant,
@@ -363,12 +339,10 @@ impl<'a> Overlay<'a> {
             withdrawn_by: None,
         }];
         for withdrawal in self.withdrawals_of(key)? {
-            let fact = if withdrawal.grant.may_withdraw(&valid.canonical) {
-                Fact::Withdrawal { target: sequence }
-            } else {
+            let fact = awaited_withdrawal(&withdrawal.grant, &valid.event, sequence);
+            if matches!(fact, Fact::RefusedWithdrawal { .. }) {
                 self.refused_withdrawals += 1;
-                Fact::RefusedWithdrawal { target: sequence }
-            };
+            }
             entries.push(Entry {
                 sequence: withdrawal.sequence,
                 occurred_at: self.occurred_at(withdrawal.sequence)?,
@@ -400,9 +374,9 @@ impl<'a> Overlay<'a> {
         grant: &Grant,
     ) -> Result<(), ApplyError> {
         let named_this_one = self.withdrawals_of(key)?;
-        let target_key = ReportKey::new(&valid.canonical.authority, target);
-        match self.report(&target_key)? {
-            None => {
+        let target_key = ReportKey::new(&valid.event.authority, target);
+        match withdrawal_target(&mut Judged(&*self), &target_key)?.map_err(FieldError::from)? {
+            Target::Awaited => {
                 if self.withdrawals_of(&target_key)?.len() >= MAX_WAITING_WITHDRAWALS {
                     return Err(ApplyError::Quota(format!(
                         "withdrawn.withdrawn_report_id: {MAX_WAITING_WITHDRAWALS} withdrawals \
@@ -418,19 +392,15 @@ impl<'a> Overlay<'a> {
                     },
                 ));
             }
-            Some(ReportSlot { number: None, .. }) => {
-                return Err(FieldError::new(
-                    "withdrawn.withdrawn_report_id",
-                    Rule::WithdrawsWithdrawal,
-                )
-                .into());
-            }
-            Some(ReportSlot {
-                sequence: target_sequence,
-                number: Some(number),
-            }) => {
+            Target::Event {
+                at: target_sequence,
+                number,
+            } => {
                 let target_event = self.event(target_sequence)?.event.unwrap_or_default();
-                if !grant.may_withdraw(&target_event) {
+                let covered = target_event.kind.as_ref().is_some_and(|kind| {
+                    grant.may_withdraw(&target_event.authority, proto::event_kind(kind))
+                });
+                if !covered {
                     return Err(Denial::TargetOutside.into());
                 }
                 self.admitted(number, valid, recorded_at)?
@@ -500,6 +470,90 @@ impl<'a> Overlay<'a> {
     }
 }
 
+/// The log as the writer reads it: the events, and the reports that find them by `report_id`.
+pub(super) trait LogView {
+    fn report(&self, key: &ReportKey) -> Result<Option<ReportSlot>, StoreError>;
+    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError>;
+}
+
+impl LogView for Shared {
+    fn report(&self, key: &ReportKey) -> Result<Option<ReportSlot>, StoreError> {
+        let stored = self.db.get_pinned_cf(self.cf(CF_REPORTS), key.as_bytes())?;
+        Ok(stored.map(|bytes| ReportSlot::decode(&bytes)).transpose()?)
+    }
+
+    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
+        super::stored_event(&self.db, sequence)
+    }
+}
+
+/// The group's writes first, then what is stored.
+impl LogView for Overlay<'_> {
+    fn report(&self, key: &ReportKey) -> Result<Option<ReportSlot>, StoreError> {
+        match self.reports.get(key) {
+            Some(slot) => Ok(Some(*slot)),
+            None => self.shared.report(key),
+        }
+    }
+
+    fn event(&self, sequence: u64) -> Result<pb::RegistryChange, StoreError> {
+        match self.events.get(&sequence) {
+            Some(change) => Ok(change.clone()),
+            None => self.shared.event(sequence),
+        }
+    }
+}
+
+/// A log seen through the lookups the event rules ask ([`crate::registry::rules`]).
+struct Judged<'a, L>(&'a L);
+
+impl<L: LogView> ReportIds for Judged<'_, L> {
+    type Place = u64;
+    type Error = StoreError;
+
+    fn first_use(&mut self, key: &ReportKey) -> Result<Option<FirstUse<u64>>, StoreError> {
+        Ok(self.0.report(key)?.map(|slot| FirstUse {
+            at: slot.sequence,
+            number: slot.number,
+        }))
+    }
+}
+
+impl<L: LogView> Contents for Judged<'_, L> {
+    fn content(&mut self, sequence: u64) -> Result<Content, StoreError> {
+        Ok(Content::of(
+            &self.0.event(sequence)?.event.unwrap_or_default(),
+        ))
+    }
+}
+
+/// What `valid` amounts to if its `report_id` is in use: the original's sequence for a retry, or
+/// the conflict, which names the original's sequence only to a sender whose scopes cover it
+/// (another jurisdiction's event is not this reporter's to locate). `None` for the id's first
+/// use.
+pub(super) fn judge_retry(
+    log: &impl LogView,
+    valid: &ValidEvent,
+    recorder: &Recorder,
+) -> Result<Option<Applied>, ApplyError> {
+    let content = Content::of(valid.canonical());
+    match judge_report_id(&mut Judged(log), &valid.report_key(), content)? {
+        IdUse::New => Ok(None),
+        IdUse::Duplicate(sequence) => Ok(Some(Applied {
+            sequence,
+            duplicate: true,
+        })),
+        IdUse::Conflict(sequence) => Err(ApplyError::Conflict {
+            report_id: valid.event.report_id.as_str().to_owned(),
+            sequence: log
+                .event(sequence)?
+                .event
+                .filter(|original| recorder.grant.scopes.cover(&original.authority))
+                .map(|_| sequence),
+        }),
+    }
+}
+
 /// What the writer folds for one number: its state, and the day's tally of who recorded on it.
 #[derive(Debug, Default)]
 struct History {
@@ -513,39 +567,6 @@ struct History {
 pub(super) struct ParkedWithdrawal {
     pub sequence: u64,
     pub grant: Grant,
-}
-
-/// What an event registers: a fact about a number, or a withdrawal of another event.
-pub(super) enum Touches<'e> {
-    Number(CitizenNumber, Fact),
-    Withdrawal(&'e ReportId),
-}
-
-pub(super) fn what_it_touches(kind: &EventKind) -> Touches<'_> {
-    let about = |card: &Card, fact| {
-        Touches::Number(
-            card.number,
-            Fact::Card {
-                fact,
-                issued: card.issued,
-                expiry: card.expiry,
-            },
-        )
-    };
-    match kind {
-        EventKind::Reported {
-            card,
-            loss: Loss::Lost,
-        } => about(card, CardFact::Lost),
-        EventKind::Reported {
-            card,
-            loss: Loss::Stolen,
-        } => about(card, CardFact::Stolen),
-        EventKind::Issued { card } => about(card, CardFact::Issued),
-        EventKind::Revoked { card } => about(card, CardFact::Revoked),
-        EventKind::Cancelled { number } => Touches::Number(*number, Fact::Cancelled),
-        EventKind::Withdrawn { target } => Touches::Withdrawal(target),
-    }
 }
 
 #[cfg(test)]
@@ -577,7 +598,7 @@ mod tests {
 
     async fn from_stream(
         store: &Store,
-        event: Result<ValidEvent, ApplyError>,
+        event: Option<ValidEvent>,
         sequence: u64,
     ) -> Result<Applied, ApplyError> {
         let recorder = Recorder::trusted("node-a");
@@ -590,19 +611,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.bind_stream("REGISTRY").unwrap();
-        let first = from_stream(&store, Ok(loss("r-1")), 1).await.unwrap();
+        let first = from_stream(&store, Some(loss("r-1")), 1).await.unwrap();
         assert_eq!((first.sequence, first.duplicate), (1, false));
         // Skipping a message would lose it for good.
-        let skipped = from_stream(&store, Ok(loss("r-3")), 3).await.unwrap_err();
-        assert!(matches!(skipped, ApplyError::Unavailable(_)), "{skipped}");
-        assert_eq!(store.sequence(), 1);
+        let skipped = from_stream(&store, Some(loss("r-3")), 3).await.unwrap_err();
+        assert!(
+            matches!(
+                skipped,
+                ApplyError::OutOfTurn {
+                    arrived: 3,
+                    expected: 2
+                }
+            ),
+            "{skipped}"
+        );
+        assert_eq!(store.log().sequence(), 1);
         // A message that is no event, and a retry, register nothing but are passed.
-        let unreadable = ApplyError::Unreadable("not a registry event".into());
-        let refused = from_stream(&store, Err(unreadable), 2).await.unwrap_err();
-        assert!(matches!(refused, ApplyError::Unreadable(_)));
-        let retry = from_stream(&store, Ok(loss("r-1")), 3).await.unwrap();
+        let passed = from_stream(&store, None, 2).await.unwrap();
+        assert_eq!((passed.sequence, passed.duplicate), (2, false));
+        let retry = from_stream(&store, Some(loss("r-1")), 3).await.unwrap();
         assert_eq!((retry.sequence, retry.duplicate), (1, true));
-        assert_eq!(store.sequence(), 3);
+        assert_eq!(store.log().sequence(), 3);
         let local = store
             .enqueue(loss("r-4"), &Recorder::trusted("local"))
             .await
@@ -612,11 +641,18 @@ mod tests {
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.sequence(), 3, "the position outlives the last event");
+        assert_eq!(
+            store.log().sequence(),
+            3,
+            "the position outlives the last event"
+        );
         // The index saved at the clean stop is used, though the log has a hole at its sequence.
-        assert_eq!(store.index_origin(), &crate::store::IndexOrigin::Loaded);
-        assert_eq!(store.stream(), Some("REGISTRY"));
+        assert_eq!(
+            store.citizens().index_origin(),
+            &crate::store::IndexOrigin::Loaded
+        );
+        assert_eq!(store.log().stream(), Some("REGISTRY"));
         assert!(store.bind_stream("OTHER").is_err());
-        assert_eq!(store.changes(1, 3, 10).unwrap().len(), 1);
+        assert_eq!(store.log().read(1, 3, 10).unwrap().len(), 1);
     }
 }

@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, Duration, Month, OffsetDateTime, Time};
 
 use crate::card::{CHINA_STANDARD_TIME, CitizenNumber, Expiry, format_date};
+use crate::event::Kind;
 use crate::event_file::{ExportRecord, QueryRecord};
 
 /// The default reference day: fixed, so that the same seed always gives the same data.
@@ -26,30 +27,6 @@ const PROVINCES: [u8; 31] = [
 ];
 /// How far back an event that refers to an earlier one may look.
 const LOOKBACK: u64 = 1000;
-
-/// What a generated record is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GenKind {
-    Issued,
-    Lost,
-    Stolen,
-    Revoked,
-    Cancelled,
-    Withdrawn,
-}
-
-impl GenKind {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Issued => "issued",
-            Self::Lost => "lost",
-            Self::Stolen => "stolen",
-            Self::Revoked => "revoked",
-            Self::Cancelled => "cancelled",
-            Self::Withdrawn => "withdrawn",
-        }
-    }
-}
 
 /// A card as generated: its number, dates, and the region that issued it.
 #[derive(Debug, Clone)]
@@ -127,14 +104,14 @@ impl Generator {
         splitmix(self.seed ^ splitmix(i ^ salt.rotate_left(40)))
     }
 
-    fn kind(&self, i: u64) -> GenKind {
+    fn kind(&self, i: u64) -> Kind {
         match self.draw(i, 1) % 100 {
-            0..55 => GenKind::Issued,
-            55..85 => GenKind::Lost,
-            85..90 => GenKind::Stolen,
-            90..93 => GenKind::Revoked,
-            93..96 => GenKind::Cancelled,
-            _ => GenKind::Withdrawn,
+            0..55 => Kind::Issued,
+            55..85 => Kind::Lost,
+            85..90 => Kind::Stolen,
+            90..93 => Kind::Revoked,
+            93..96 => Kind::Cancelled,
+            _ => Kind::Withdrawn,
         }
     }
 
@@ -191,13 +168,13 @@ impl Generator {
         (0..8).find_map(|attempt| {
             let back = 1 + self.draw(i, salt + attempt) % LOOKBACK;
             let j = i.checked_sub(back)?;
-            matches!(self.kind(j), GenKind::Lost | GenKind::Stolen).then_some(j)
+            matches!(self.kind(j), Kind::Lost | Kind::Stolen).then_some(j)
         })
     }
 
-    fn occurred(&self, i: u64, kind: GenKind, card: &GenCard) -> OffsetDateTime {
+    fn occurred(&self, i: u64, kind: Kind, card: &GenCard) -> OffsetDateTime {
         match kind {
-            GenKind::Issued => card
+            Kind::Issued => card
                 .issued
                 .with_time(Time::from_hms(9, 0, 0).unwrap_or(Time::MIDNIGHT))
                 .assume_offset(CHINA_STANDARD_TIME),
@@ -209,10 +186,10 @@ impl Generator {
     pub fn record(&self, i: u64) -> ExportRecord {
         let mut kind = self.kind(i);
         let target = match kind {
-            GenKind::Withdrawn => {
+            Kind::Withdrawn => {
                 let target = self.recent_loss(i, 10);
                 if target.is_none() {
-                    kind = GenKind::Lost;
+                    kind = Kind::Lost;
                 }
                 target
             }
@@ -220,7 +197,7 @@ impl Generator {
         };
         let card = match (kind, self.recent_loss(i, 20)) {
             // A new card after a loss or theft: same number, issued after the report.
-            (GenKind::Issued, Some(j)) if self.draw(i, 4) % 100 < 30 => {
+            (Kind::Issued, Some(j)) if self.draw(i, 4) % 100 < 30 => {
                 let (number, born) = self.citizen(self.draw(j, 2));
                 let lost = self.own_card(j);
                 let reported = self.occurred(j, self.kind(j), &lost);
@@ -246,8 +223,8 @@ impl Generator {
             None => (self.occurred(i, kind, &card), String::new()),
         };
         let (id_number, issue_date, expiry_date) = match kind {
-            GenKind::Withdrawn => Default::default(),
-            GenKind::Cancelled => (card.number.clone(), String::new(), String::new()),
+            Kind::Withdrawn => Default::default(),
+            Kind::Cancelled => (card.number.clone(), String::new(), String::new()),
             _ => (
                 card.number.clone(),
                 format_date(card.issued),
@@ -276,12 +253,7 @@ impl Generator {
             let start = self.draw(q, 101) % count.max(1);
             (0..64)
                 .map(|step| (start + step) % count.max(1))
-                .find(|&i| {
-                    matches!(
-                        self.kind(i),
-                        GenKind::Lost | GenKind::Stolen | GenKind::Revoked
-                    )
-                })
+                .find(|&i| matches!(self.kind(i), Kind::Lost | Kind::Stolen | Kind::Revoked))
         });
         let (card, has_record) = match hit.flatten() {
             Some(i) => (self.own_card(i), true),

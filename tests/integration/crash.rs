@@ -311,7 +311,7 @@ fn another_schema_version_is_refused() {
 
 fn origin_after_reopen(dir: &std::path::Path) -> (idguard::store::IndexOrigin, Store) {
     let store = Store::open(dir).unwrap();
-    (store.index_origin().clone(), store)
+    (store.citizens().index_origin().clone(), store)
 }
 
 /// A clean stop saves the index; the next start loads it, replays what a crash left after it,
@@ -340,7 +340,7 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
         let store = Store::open(dir.path()).unwrap();
         range
             .map(|k| {
-                store.may_have_record(
+                store.citizens().may_have_record(
                     idguard::card::parse_registrable_number(&nth_number(k), time::Date::MAX)
                         .unwrap(),
                 )

@@ -212,8 +212,8 @@ fn an_import_equals_the_same_files_submitted_online() {
     );
 
     let store = Store::open(&imported_dir).unwrap();
-    assert_eq!(store.index_origin(), &IndexOrigin::Loaded);
-    let last = store.sequence();
+    assert_eq!(store.citizens().index_origin(), &IndexOrigin::Loaded);
+    let last = store.log().sequence();
     drop(store);
     // 3000 generated, 6 hand-made accepted (x-w1, x-late, x-w4, x-w5, x-w3, x-cancel).
     assert_eq!(last, 3006);
@@ -377,7 +377,7 @@ fn an_import_killed_while_ingesting_is_completed_at_the_next_open() {
         // Opening completes an interrupted ingestion, or finds none begun: all or nothing.
         interrupted += usize::from(killed.join("ingesting").exists());
         let store = Store::open(&killed).unwrap();
-        let sequence = store.sequence();
+        let sequence = store.log().sequence();
         drop(store);
         assert!(
             sequence == 0 || sequence == 100_000,

@@ -28,6 +28,7 @@ mod seal;
 pub use seal::{StreamKeys, StreamKeysError};
 
 use crate::event::{ValidEvent, validate_event};
+use crate::ledger::RecordError;
 use crate::proto::{self, v1 as pb};
 use crate::registry::{Grant, Recorder};
 use crate::store::{Applied, ApplyError, PendingApply, Store, StoreError};
@@ -144,7 +145,7 @@ impl Cluster {
         let name = config.stream.clone();
         store.read(move |store| store.bind_stream(&name)).await?;
         let jetstream = jetstream::new(client);
-        let outcomes = Arc::new(Outcomes::new(store.sequence()));
+        let outcomes = Arc::new(Outcomes::new(store.log().sequence()));
         let follower = tokio::spawn(follow(
             following,
             config.clone(),
@@ -175,10 +176,10 @@ impl Cluster {
         &self,
         event: ValidEvent,
         recorder: &Recorder,
-    ) -> Result<PendingApply, ApplyError> {
+    ) -> Result<PendingApply<RecordError>, RecordError> {
         let message = pb::RegistryChange {
             sequence: 0,
-            event: Some(event.canonical.clone()),
+            event: Some(event.canonical().clone()),
             recorded_at: Some(proto::timestamp(OffsetDateTime::now_utc())),
             recorded_by: recorder.principal.clone(),
             grant: Some(recorder.grant.to_wire()),
@@ -203,7 +204,7 @@ impl Cluster {
             let stored = stored.await.map_err(unavailable)?;
             if stored.duplicate {
                 // JetStream kept the first message with this report_id, not this one.
-                as_duplicate(&store, &outcomes, &event, &recorder, stored.sequence).await
+                as_duplicate(&store, &outcomes, event, recorder, stored.sequence).await
             } else {
                 outcomes.wait(stored.sequence).await?
             }
@@ -266,8 +267,8 @@ fn is_permanent_refusal(kind: jetstream::context::CreateStreamErrorKind) -> bool
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> ApplyError {
-    ApplyError::Unavailable(format!(
+fn unavailable(error: impl std::fmt::Display) -> RecordError {
+    RecordError::Unavailable(format!(
         "the cluster stream did not store the event ({error}); retrying is safe"
     ))
 }
@@ -279,32 +280,23 @@ fn unavailable(error: impl std::fmt::Display) -> ApplyError {
 async fn as_duplicate(
     store: &Arc<Store>,
     outcomes: &Outcomes,
-    event: &ValidEvent,
-    recorder: &Recorder,
+    event: ValidEvent,
+    recorder: Recorder,
     first: u64,
-) -> Result<Applied, ApplyError> {
+) -> Result<Applied, RecordError> {
     outcomes.reached(first).await?;
-    let key = event.report_key();
-    let recorded = store.read(move |store| store.change_of(&key)).await?;
-    match recorded {
-        Some(change) if change.event.as_ref() == Some(&event.canonical) => Ok(Applied {
-            sequence: change.sequence,
-            duplicate: true,
-        }),
-        Some(change) => Err(ApplyError::Conflict {
-            report_id: event.event.report_id.as_str().to_owned(),
-            sequence: change
-                .event
-                .filter(|original| recorder.grant.scopes.cover(&original.authority))
-                .map(|_| change.sequence),
-        }),
+    match store
+        .read(move |store| Ok(store.log().judge_retry(&event, &recorder)))
+        .await??
+    {
+        Some(retry) => Ok(retry),
         None => outcomes.wait(first).await?,
     }
 }
 
 /// The outcomes of the stream messages this node applied lately, for the publishers among them.
 struct Outcomes {
-    recent: Mutex<BTreeMap<u64, Result<Applied, ApplyError>>>,
+    recent: Mutex<BTreeMap<u64, Result<Applied, RecordError>>>,
     /// The last stream sequence whose outcome is known.
     recorded: watch::Sender<u64>,
 }
@@ -317,7 +309,7 @@ impl Outcomes {
         }
     }
 
-    fn record(&self, sequence: u64, outcome: Result<Applied, ApplyError>) {
+    fn record(&self, sequence: u64, outcome: Result<Applied, RecordError>) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             recent.insert(sequence, outcome);
@@ -329,7 +321,7 @@ impl Outcomes {
     }
 
     /// Resolves once this node has applied stream message `sequence`.
-    async fn reached(&self, sequence: u64) -> Result<(), ApplyError> {
+    async fn reached(&self, sequence: u64) -> Result<(), RecordError> {
         let mut recorded = self.recorded.subscribe();
         let reached = tokio::time::timeout(
             APPLY_WAIT,
@@ -338,7 +330,7 @@ impl Outcomes {
         .await;
         match reached {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(ApplyError::Unavailable(format!(
+            _ => Err(RecordError::Unavailable(format!(
                 "the cluster stream stored the event at sequence {sequence}, but this node did \
                  not apply it within {APPLY_WAIT:?}; retrying is safe"
             ))),
@@ -346,11 +338,11 @@ impl Outcomes {
     }
 
     /// The outcome of stream message `sequence`, once this node has applied it.
-    async fn wait(&self, sequence: u64) -> Result<Result<Applied, ApplyError>, ApplyError> {
+    async fn wait(&self, sequence: u64) -> Result<Result<Applied, RecordError>, RecordError> {
         self.reached(sequence).await?;
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         recent.get(&sequence).cloned().ok_or_else(|| {
-            ApplyError::Unavailable(format!(
+            RecordError::Unavailable(format!(
                 "the outcome of stream sequence {sequence} is no longer known here; retrying is safe"
             ))
         })
@@ -389,7 +381,7 @@ async fn follow(
             Ok(()) => return,
             Err(error) => {
                 metrics::counter!("idguard_cluster_follow_restarts_total").increment(1);
-                tracing::warn!(%error, applied = store.sequence(), "following the cluster stream");
+                tracing::warn!(%error, applied = store.log().sequence(), "following the cluster stream");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
@@ -413,7 +405,7 @@ async fn follow_once(
         .get_or_create_stream(config.stream_config())
         .await
         .map_err(|error| failed(error.to_string()))?;
-    let from = store.sequence() + 1;
+    let from = store.log().sequence() + 1;
     let state = stream
         .get_info()
         .await
@@ -477,7 +469,11 @@ async fn follow_once(
                 Ok(()) => read_event(&message.payload, info.published),
                 Err(why) => refused_message(sequence, why, info.published),
             };
-            let pending = match store
+            let (event, refusal) = match event {
+                Ok(event) => (Some(event), None),
+                Err(refusal) => (None, Some(refusal)),
+            };
+            let passing = match store
                 .enqueue_from_stream(event, &recorder, sequence, recorded_at)
                 .await
             {
@@ -485,6 +481,11 @@ async fn follow_once(
                 Err(ApplyError::Closed) => return Ok(()),
                 Err(error) => return Err(failed(error.to_string())),
             };
+            // A message that is no event is passed like any other; its outcome is its refusal.
+            let pending = PendingApply::new(async move {
+                let passed = passing.outcome().await?;
+                refusal.map_or(Ok(passed), Err)
+            });
             if queued.send((sequence, pending)).await.is_err() {
                 return Ok(());
             }
@@ -501,7 +502,7 @@ async fn follow_once(
         .map_err(|error| failed(format!("applying stream messages: {error}")))?;
     read?;
     match recorded {
-        Ok(()) | Err(ApplyError::Closed) => Ok(()),
+        Ok(()) | Err(RecordError::Apply(ApplyError::Closed)) => Ok(()),
         Err(error) => Err(failed(format!("applying a stream message: {error}"))),
     }
 }
@@ -520,13 +521,15 @@ async fn stream_last_sequence(stream: &stream::Stream) -> Option<u64> {
 /// Waits for each queued message's outcome in order and records it for its publisher. Stops at a
 /// message that was not applied (a failed write, the store closing), which must be read again.
 async fn record_outcomes(
-    mut applying: mpsc::Receiver<(u64, PendingApply)>,
+    mut applying: mpsc::Receiver<(u64, PendingApply<RecordError>)>,
     outcomes: Arc<Outcomes>,
-) -> Result<(), ApplyError> {
+) -> Result<(), RecordError> {
     while let Some((sequence, pending)) = applying.recv().await {
         let outcome = pending.outcome().await;
         if let Err(
-            error @ (ApplyError::Store(_) | ApplyError::Closed | ApplyError::Unavailable(_)),
+            error @ RecordError::Apply(
+                ApplyError::Store(_) | ApplyError::Closed | ApplyError::OutOfTurn { .. },
+            ),
         ) = &outcome
         {
             return Err(error.clone());
@@ -542,7 +545,7 @@ fn refused_message(
     sequence: u64,
     why: String,
     published: OffsetDateTime,
-) -> (Result<ValidEvent, ApplyError>, Recorder, OffsetDateTime) {
+) -> (Result<ValidEvent, RecordError>, Recorder, OffsetDateTime) {
     tracing::error!(
         sequence,
         %why,
@@ -550,7 +553,7 @@ fn refused_message(
          stream's subject"
     );
     metrics::counter!("idguard_cluster_messages_refused_total").increment(1);
-    let refusal = ApplyError::Unreadable(format!("stream message {sequence} refused: {why}"));
+    let refusal = RecordError::Unreadable(format!("stream message {sequence} refused: {why}"));
     (Err(refusal), nobody(), published)
 }
 
@@ -569,11 +572,11 @@ fn nobody() -> Recorder {
 fn read_event(
     payload: &[u8],
     published: OffsetDateTime,
-) -> (Result<ValidEvent, ApplyError>, Recorder, OffsetDateTime) {
+) -> (Result<ValidEvent, RecordError>, Recorder, OffsetDateTime) {
     let message = match pb::RegistryChange::decode(payload) {
         Ok(message) => message,
         Err(error) => {
-            let refusal = ApplyError::Unreadable(format!("not a registry event: {error}"));
+            let refusal = RecordError::Unreadable(format!("not a registry event: {error}"));
             return (Err(refusal), nobody(), published);
         }
     };
@@ -583,8 +586,10 @@ fn read_event(
         .and_then(proto::instant)
         .unwrap_or(published);
     let event = match message.event {
-        Some(event) => validate_event(event, recorded_at).map_err(ApplyError::from),
-        None => Err(ApplyError::Unreadable(
+        Some(event) => {
+            validate_event(event, recorded_at).map_err(|error| RecordError::Apply(error.into()))
+        }
+        None => Err(RecordError::Unreadable(
             "a registry change without its event".into(),
         )),
     };

@@ -5,14 +5,16 @@ use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::Path;
 
-use prost::Message;
 use rocksdb::DB;
-use xxhash_rust::xxh3::xxh3_128;
 
 use super::extsort::{Runs, read_more};
 use super::ordinals::Ordinals;
-use super::spool::{array, create_spool, io_error, open_spool, read_framed, write_framed};
-use super::{BulkSummary, Collected, Origin, PROGRESS_EVERY, Progress, Refusal};
+use super::spool::{
+    array, corrupt_spool, create_spool, io_error, open_spool, read_framed, write_framed,
+};
+use super::{BulkSummary, Collected, Origin, PROGRESS_EVERY, Place, Progress, Refusal};
+use crate::event::ReportKey;
+use crate::registry::{Content, Contents, FirstUse, IdUse, ReportIds, judge_report_id};
 use crate::store::codec::ReportSlot;
 use crate::store::{CF_REPORTS, StoreError, column_family, stored_event};
 
@@ -31,73 +33,124 @@ impl Collected {
         let mut dropped = Ordinals::new(self.events);
         let accepted_path = self.work.join("accepted.spool");
         let mut accepted = create_spool(&accepted_path)?;
-        let mut stored = self.db.raw_iterator_cf(column_family(&self.db, CF_REPORTS));
-        stored.seek_to_first();
-        /// The use of an id that the later ones are compared with.
-        enum First {
-            Stored { sequence: u64, hash: u128 },
-            Imported { origin: Origin, hash: u128 },
-        }
-        let mut current: Option<(Vec<u8>, First)> = None;
+        let mut reports = ReportsSoFar::new(&self.db);
         let mut seen = 0u64;
         by_report.merge(|key, value| -> Result<(), StoreError> {
             let (report_id, ordinal) = key.split_at(key.len() - 8);
             let ordinal = u64::from_be_bytes(array(ordinal));
-            let hash = u128::from_be_bytes(array(&value[..16]));
+            let content = Content::from_bytes(array(&value[..16]));
             let origin = Origin::decode(&value[16..28]);
             seen += 1;
             if seen.is_multiple_of(PROGRESS_EVERY) {
                 progress.done(seen);
             }
-            let first = match &current {
-                Some((id, first)) if id == report_id => first,
-                _ => {
-                    let first = match stored_slot(&mut stored, report_id)? {
-                        Some(slot) => First::Stored {
-                            sequence: slot.sequence,
-                            hash: stored_hash(&self.db, slot.sequence)?,
-                        },
-                        None => {
-                            let mut body = [0u8; 16];
-                            body[..8].copy_from_slice(&ordinal.to_be_bytes());
-                            body[8..].copy_from_slice(&value[28..36]);
-                            write_framed(&mut accepted, report_id, &body)?;
-                            current = Some((report_id.to_vec(), First::Imported { origin, hash }));
-                            return Ok(());
-                        }
-                    };
-                    &current.insert((report_id.to_vec(), first)).1
-                }
-            };
+            let at =
+                match judge_report_id(&mut reports, &ReportKey::from_bytes(report_id), content)? {
+                    IdUse::New => {
+                        let mut body = [0u8; 16];
+                        body[..8].copy_from_slice(&ordinal.to_be_bytes());
+                        body[8..].copy_from_slice(&value[28..36]);
+                        write_framed(&mut accepted, report_id, &body)?;
+                        reports.first_in_input(report_id, ordinal, origin, content);
+                        return Ok(());
+                    }
+                    IdUse::Duplicate(_) => {
+                        dropped.insert(ordinal);
+                        summary.duplicates += 1;
+                        return Ok(());
+                    }
+                    IdUse::Conflict(at) => at,
+                };
             dropped.insert(ordinal);
+            summary.refused += 1;
             let report_id = String::from_utf8_lossy(&report_id[2..]).into_owned();
-            match *first {
-                First::Stored { hash: h, .. } | First::Imported { hash: h, .. } if h == hash => {
-                    summary.duplicates += 1;
-                }
-                First::Stored { sequence, .. } => {
-                    summary.refused += 1;
-                    refused(
-                        origin,
-                        Refusal::ConflictsWithStored {
-                            report_id,
-                            sequence,
-                        },
-                    );
-                }
-                First::Imported {
-                    origin: earlier, ..
-                } => {
-                    summary.refused += 1;
-                    refused(origin, Refusal::ConflictsWithEarlier { report_id, earlier });
-                }
-            }
+            refused(
+                origin,
+                match at {
+                    Place::Stored(sequence) => Refusal::ConflictsWithStored {
+                        report_id,
+                        sequence,
+                    },
+                    Place::Imported(_) => Refusal::ConflictsWithEarlier {
+                        report_id,
+                        earlier: reports.first_origin,
+                    },
+                },
+            );
             Ok(())
         })?;
         accepted
             .flush()
             .map_err(|error| io_error("writing", &accepted_path, error))?;
         Ok(dropped)
+    }
+}
+
+/// The reports as step 2 sees them, asked in id order: the stored ones, and the first use in the
+/// input of the id being merged, which the later uses are judged against.
+struct ReportsSoFar<'db> {
+    db: &'db DB,
+    stored: rocksdb::DBRawIterator<'db>,
+    /// The id being merged, where its first use is, and that use's content.
+    first: Option<(Vec<u8>, FirstUse<Place>, Content)>,
+    /// Where in the input the first use was, when it was in the input.
+    first_origin: Origin,
+}
+
+impl<'db> ReportsSoFar<'db> {
+    fn new(db: &'db DB) -> Self {
+        let mut stored = db.raw_iterator_cf(column_family(db, CF_REPORTS));
+        stored.seek_to_first();
+        Self {
+            db,
+            stored,
+            first: None,
+            first_origin: Origin { file: 0, line: 0 },
+        }
+    }
+
+    /// The id's first use was in the input, at `ordinal` (from `origin`).
+    fn first_in_input(&mut self, report_id: &[u8], ordinal: u64, origin: Origin, content: Content) {
+        let first = FirstUse {
+            at: Place::Imported(ordinal),
+            number: None,
+        };
+        self.first = Some((report_id.to_vec(), first, content));
+        self.first_origin = origin;
+    }
+}
+
+impl ReportIds for ReportsSoFar<'_> {
+    type Place = Place;
+    type Error = StoreError;
+
+    fn first_use(&mut self, key: &ReportKey) -> Result<Option<FirstUse<Place>>, StoreError> {
+        if let Some((report_id, first, _)) = &self.first
+            && report_id.as_slice() == key.as_bytes()
+        {
+            return Ok(Some(*first));
+        }
+        let Some(slot) = stored_slot(&mut self.stored, key.as_bytes())? else {
+            return Ok(None);
+        };
+        let event = stored_event(self.db, slot.sequence)?
+            .event
+            .unwrap_or_default();
+        let first = FirstUse {
+            at: Place::Stored(slot.sequence),
+            number: slot.number,
+        };
+        self.first = Some((key.as_bytes().to_vec(), first, Content::of(&event)));
+        Ok(Some(first))
+    }
+}
+
+impl Contents for ReportsSoFar<'_> {
+    fn content(&mut self, at: Place) -> Result<Content, StoreError> {
+        match &self.first {
+            Some((_, first, content)) if first.at == at => Ok(*content),
+            _ => Err(corrupt_spool("a report id judged out of order")),
+        }
     }
 }
 
@@ -115,12 +168,6 @@ pub(super) fn stored_slot(
         (Some(key), Some(slot)) if key == report_id => Ok(Some(ReportSlot::decode(slot)?)),
         _ => Ok(None),
     }
-}
-
-/// The content hash of the stored event with this sequence, comparable with an imported one's.
-fn stored_hash(db: &DB, sequence: u64) -> Result<u128, StoreError> {
-    let event = stored_event(db, sequence)?.event.unwrap_or_default();
-    Ok(xxh3_128(&event.encode_to_vec()))
 }
 
 /// The accepted ids of step 2, read in id order.

@@ -45,33 +45,34 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use rocksdb::{Cache, DB};
 use time::OffsetDateTime;
-use xxhash_rust::xxh3::xxh3_128;
 
 use self::extsort::{Runs, Sorter};
 use self::ordinals::Sequences;
 use self::spool::{create_spool, io_error, write_framed};
 use self::withdrawals::waiting_withdrawals;
 use super::codec::{self, ENTRY_BYTES};
-use super::writer::{ParkedWithdrawal, Touches, what_it_touches};
+use super::writer::ParkedWithdrawal;
 use super::{
     CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_KEY, StoreError, StoreOptions,
     family_options, last_sequence, open_db, snapshot, stored_event,
 };
 use crate::card::{CitizenNumber, FieldError};
 use crate::event::{ReportKey, ValidEvent};
-use crate::registry::{Entry, Fact};
+use crate::event_file::Origin;
+use crate::registry::{Content, Entry, Fact, Touches, awaited_withdrawal, what_it_touches};
+
+/// Where the import finds an event that a later one names: in the log already (its sequence), or
+/// earlier in the input (its ordinal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Stored(u64),
+    Imported(u64),
+}
 
 /// How often (in records) a step reports progress.
 const PROGRESS_EVERY: u64 = 1 << 16;
 /// The column families an import writes, in the order they are ingested.
 const INGESTED: [&str; 4] = [CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, CF_CITIZENS];
-
-/// Where a record came from: the index of its input file and its line, for naming refusals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub file: u32,
-    pub line: u64,
-}
 
 /// Why an imported record did not enter the registry (beyond breaking a rule of its own, which
 /// the caller finds before [`BulkLoad::add`]).
@@ -174,12 +175,12 @@ impl BulkLoad {
         let sort_error = |error| io_error("sorting", &self.work, error);
         let ordinal = self.events;
         self.events += 1;
-        let canonical = valid.canonical.encode_to_vec();
+        let canonical = valid.canonical().encode_to_vec();
         let key = valid.report_key();
         let report_id = key.as_bytes();
         let (number, head) = match what_it_touches(&valid.event.kind) {
             Touches::Withdrawal(target) => {
-                let target = ReportKey::new(&valid.canonical.authority, target);
+                let target = ReportKey::new(&valid.event.authority, target);
                 let mut value = [0u8; 16 + 12];
                 value[..16]
                     .copy_from_slice(&valid.event.occurred_at.unix_timestamp_nanos().to_be_bytes());
@@ -195,7 +196,7 @@ impl BulkLoad {
             ),
         };
         let mut value = [0u8; 16 + 12 + 8];
-        value[..16].copy_from_slice(&xxh3_128(&canonical).to_be_bytes());
+        value[..16].copy_from_slice(&Content::of_encoded(&canonical).to_bytes());
         value[16..28].copy_from_slice(&origin.encode());
         value[28..].copy_from_slice(&number.to_be_bytes());
         self.by_report
@@ -227,11 +228,7 @@ impl BulkLoad {
         }));
         for withdrawal in waiting.into_iter().flatten() {
             // The target is this event, whose sequence step 4 fills in.
-            let fact = if withdrawal.grant.may_withdraw(&valid.canonical) {
-                Fact::Withdrawal { target: u64::MAX }
-            } else {
-                Fact::RefusedWithdrawal { target: u64::MAX }
-            };
+            let fact = awaited_withdrawal(&withdrawal.grant, &valid.event, u64::MAX);
             head.extend_from_slice(&codec::encode_entry(&Entry {
                 sequence: withdrawal.sequence,
                 occurred_at: codec::occurred_at(&stored_event(&self.db, withdrawal.sequence)?)?,

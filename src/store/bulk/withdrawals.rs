@@ -16,9 +16,10 @@ use super::spool::{
     read_framed, write_framed,
 };
 use super::sst::SstFiles;
-use super::{BulkSummary, Collected, Origin, PROGRESS_EVERY, Progress, Refusal};
-use crate::card::{FieldError, Rule};
-use crate::registry::Grant;
+use super::{BulkSummary, Collected, Origin, PROGRESS_EVERY, Place, Progress, Refusal};
+use crate::card::CitizenNumber;
+use crate::event::ReportKey;
+use crate::registry::{FirstUse, Grant, ReportIds, Target, WithdrawsWithdrawal, withdrawal_target};
 use crate::store::codec;
 use crate::store::writer::ParkedWithdrawal;
 use crate::store::{CF_REPORTS, CF_WITHDRAWALS, StoreError, column_family};
@@ -38,30 +39,15 @@ impl Collected {
         progress.step("resolving withdrawals", by_target.len());
         let mut links = create_spool(&self.work.join("links.spool"))?;
         let mut waiting = create_spool(&self.work.join("waiting.spool"))?;
-        let mut accepted = AcceptedIds::open(&self.work.join("accepted.spool"))?;
-        let mut stored = self.db.raw_iterator_cf(column_family(&self.db, CF_REPORTS));
-        stored.seek_to_first();
-        let mut refusals: HashSet<u64> = HashSet::new();
-        // Withdrawals of earlier withdrawals of this import: whether each is refused depends on
-        // whether its target was, so they are decided in file order after the merge.
-        let mut of_withdrawals: Vec<(u64, u64, Origin, Vec<u8>)> = Vec::new();
-        let refuse = |ordinal: u64,
-                      origin: Origin,
-                      dropped: &mut Ordinals,
-                      summary: &mut BulkSummary,
-                      refusals: &mut HashSet<u64>,
-                      refused: &mut dyn FnMut(Origin, Refusal)| {
-            dropped.insert(ordinal);
-            refusals.insert(ordinal);
-            summary.refused += 1;
-            refused(
-                origin,
-                Refusal::Invalid(FieldError::new(
-                    "withdrawn.withdrawn_report_id",
-                    Rule::WithdrawsWithdrawal,
-                )),
-            );
+        let mut reports = AcceptedOrStored {
+            accepted: AcceptedIds::open(&self.work.join("accepted.spool"))?,
+            stored: self.db.raw_iterator_cf(column_family(&self.db, CF_REPORTS)),
         };
+        reports.stored.seek_to_first();
+        // Withdrawals of withdrawals: whether one of an imported withdrawal is refused depends on
+        // whether that one was, so they are decided in file order after the merge.
+        let mut of_withdrawals: Vec<(u64, Origin, WithdrawsWithdrawal<Place>, Vec<u8>)> =
+            Vec::new();
         let mut seen = 0u64;
         by_target.merge(|key, value| -> Result<(), StoreError> {
             let (target, ordinal) = key.split_at(key.len() - 8);
@@ -83,32 +69,41 @@ impl Collected {
                 record[25..].copy_from_slice(&value[..16]);
                 links.write_all(&record)
             };
-            if let Some((target_ordinal, number)) = accepted.find(target)? {
-                match number {
-                    0 if target_ordinal < ordinal => {
-                        of_withdrawals.push((ordinal, target_ordinal, origin, target.to_vec()));
-                    }
-                    0 => write_framed(&mut waiting, target, &ordinal.to_be_bytes())?,
-                    number => link(&mut links, number, LINK_IMPORTED, target_ordinal)?,
+            // A card event is linked wherever it is in the input: a withdrawal that came first
+            // would wait for it and undo it on arrival, with the same outcome. A withdrawal
+            // later in the input has not arrived yet, so this one waits for it, as online.
+            match withdrawal_target(&mut reports, &ReportKey::from_bytes(target))? {
+                Ok(Target::Awaited) => write_framed(&mut waiting, target, &ordinal.to_be_bytes())?,
+                Ok(Target::Event { at, number }) => {
+                    let (kind, at) = match at {
+                        Place::Imported(target_ordinal) => (LINK_IMPORTED, target_ordinal),
+                        Place::Stored(sequence) => (LINK_STORED, sequence),
+                    };
+                    link(&mut links, number.packed(), kind, at)?;
                 }
-            } else if let Some(slot) = stored_slot(&mut stored, target)? {
-                match slot.number {
-                    None => refuse(ordinal, origin, dropped, summary, &mut refusals, refused),
-                    Some(number) => link(&mut links, number.packed(), LINK_STORED, slot.sequence)?,
+                Err(WithdrawsWithdrawal {
+                    at: Place::Imported(target_ordinal),
+                }) if target_ordinal > ordinal => {
+                    write_framed(&mut waiting, target, &ordinal.to_be_bytes())?;
                 }
-            } else {
-                write_framed(&mut waiting, target, &ordinal.to_be_bytes())?;
+                Err(refusal) => of_withdrawals.push((ordinal, origin, refusal, target.to_vec())),
             }
             Ok(())
         })?;
         of_withdrawals.sort_unstable_by_key(|(ordinal, ..)| *ordinal);
-        for (ordinal, target_ordinal, origin, target) in of_withdrawals {
-            if refusals.contains(&target_ordinal) {
+        let mut refusals: HashSet<u64> = HashSet::new();
+        for (ordinal, origin, refusal, target) in of_withdrawals {
+            if let Place::Imported(target_ordinal) = refusal.at
+                && refusals.contains(&target_ordinal)
+            {
                 // Its target never entered: it waits, as it would have online.
                 write_framed(&mut waiting, &target, &ordinal.to_be_bytes())?;
-            } else {
-                refuse(ordinal, origin, dropped, summary, &mut refusals, refused);
+                continue;
             }
+            dropped.insert(ordinal);
+            refusals.insert(ordinal);
+            summary.refused += 1;
+            refused(origin, Refusal::Invalid(refusal.into()));
         }
         links.flush()?;
         waiting.flush()?;
@@ -136,6 +131,34 @@ impl Collected {
         keys.finish()?
             .merge(|key, _| -> Result<(), StoreError> { ssts.put(key, &grant) })?;
         ssts.finish()
+    }
+}
+
+/// The reports as step 3 sees them, asked in id order: the ids this import accepted, then the
+/// stored ones.
+struct AcceptedOrStored<'db> {
+    accepted: AcceptedIds,
+    stored: rocksdb::DBRawIterator<'db>,
+}
+
+impl ReportIds for AcceptedOrStored<'_> {
+    type Place = Place;
+    type Error = StoreError;
+
+    fn first_use(&mut self, key: &ReportKey) -> Result<Option<FirstUse<Place>>, StoreError> {
+        if let Some((ordinal, number)) = self.accepted.find(key.as_bytes())? {
+            return Ok(Some(FirstUse {
+                at: Place::Imported(ordinal),
+                // 0 marks a withdrawal.
+                number: CitizenNumber::from_packed(number).filter(|_| number != 0),
+            }));
+        }
+        Ok(
+            stored_slot(&mut self.stored, key.as_bytes())?.map(|slot| FirstUse {
+                at: Place::Stored(slot.sequence),
+                number: slot.number,
+            }),
+        )
     }
 }
 

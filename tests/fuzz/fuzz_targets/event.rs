@@ -15,7 +15,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     let now = OffsetDateTime::from_unix_timestamp(1_795_300_000).expect("a real instant");
     if let Ok(valid) = validate_event(wire, now) {
-        let again = validate_event(valid.canonical.clone(), now)
+        let again = validate_event(valid.canonical().clone(), now)
             .unwrap_or_else(|error| panic!("canonical form refused: {error}: {valid:?}"));
         assert_eq!(again, valid);
     }

@@ -1,0 +1,93 @@
+//! The event log's read side: how far it is durable, waiting for it to get further, replaying it
+//! and following it live, and judging a retry against it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::broadcast;
+
+use super::writer::{self, Applied};
+use super::{ApplyError, CF_EVENTS, Shared, StoreError, codec, stored_event};
+use crate::event::ValidEvent;
+use crate::proto::v1 as pb;
+use crate::registry::Recorder;
+
+/// The event log of a [`super::Store`].
+#[derive(Clone, Copy)]
+pub struct EventLog<'s>(pub(super) &'s Shared);
+
+impl EventLog<'_> {
+    /// The highest sequence whose event is durable and visible to checks.
+    pub fn sequence(&self) -> u64 {
+        self.0.sequence.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the published sequence is at least `sequence`.
+    pub async fn reached(&self, sequence: u64) {
+        let mut published = self.0.published.subscribe();
+        // The sender lives as long as the store, so waiting cannot fail while `self` exists.
+        let _ = published.wait_for(|&published| published >= sequence).await;
+    }
+
+    /// Live changes from now on, each sent once durable and visible, in sequence order. A
+    /// receiver that falls more than a few thousand changes behind gets `Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::RegistryChange>> {
+        self.0.changes.subscribe()
+    }
+
+    /// Up to `limit` recorded events from sequence `from` through `through`, in order. Blocking.
+    pub fn read(
+        &self,
+        from: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::RegistryChange>, StoreError> {
+        read_log(self.0, CF_EVENTS, from, through, limit)
+    }
+
+    /// The recorded events with these sequences, in order. Blocking.
+    pub fn get(&self, sequences: &[u64]) -> Result<Vec<pb::RegistryChange>, StoreError> {
+        sequences
+            .iter()
+            .map(|&sequence| stored_event(&self.0.db, sequence))
+            .collect()
+    }
+
+    /// The cluster stream the log follows, if it is bound to one: its sequences are the
+    /// stream's, so a duplicate or refused stream message leaves a hole.
+    pub fn stream(&self) -> Option<&str> {
+        self.0.stream.get().map(String::as_str)
+    }
+
+    /// What `valid` amounts to if its `report_id` is in use, as the writer judges it: a retry
+    /// (the original's sequence) or a conflict; `None` for the id's first use. Blocking.
+    pub fn judge_retry(
+        &self,
+        valid: &ValidEvent,
+        recorder: &Recorder,
+    ) -> Result<Option<Applied>, ApplyError> {
+        writer::judge_retry(self.0, valid, recorder)
+    }
+}
+
+/// Up to `limit` records of a sequence-keyed log, from `from` through `through`. Blocking.
+pub(super) fn read_log<T: prost::Message + Default>(
+    shared: &Shared,
+    family: &'static str,
+    from: u64,
+    through: u64,
+    limit: usize,
+) -> Result<Vec<T>, StoreError> {
+    let mut log = shared.db.raw_iterator_cf(shared.cf(family));
+    log.seek(codec::sequence_key(from));
+    let mut records = Vec::new();
+    while let (Some(key), Some(value)) = (log.key(), log.value()) {
+        if codec::decode_sequence(key)? > through || records.len() == limit {
+            break;
+        }
+        records.push(codec::decode_record(family, value)?);
+        log.next();
+    }
+    log.status()?;
+    Ok(records)
+}
