@@ -5,14 +5,30 @@ use std::sync::Arc;
 
 use time::Date;
 
-use crate::card::{Card, CitizenNumber, PresentedCard, format_date};
-use crate::proto::{check_response, v1 as pb};
-use crate::registry::{Summary, verdict};
+use crate::card::{Card, CitizenNumber, PresentedCard};
+use crate::proto::v1 as pb;
+use crate::registry::{Summary, Verdict, verdict};
 use crate::store::{Store, StoreError};
 
 /// The most events one `GetRecord` answer carries (each at most about 1.3 KB): a long history is
 /// read in pages, within the 4 MiB a response may have.
 pub const MAX_RECORD_PAGE: usize = 1000;
+
+/// A page of a number's record.
+#[derive(Debug)]
+pub struct RecordPage {
+    pub number: CitizenNumber,
+    /// On the first page, every card the registry knows of, with the verdict it gets today.
+    pub cards: Vec<(Card, Verdict)>,
+    /// The page's events, as recorded.
+    pub events: Vec<pb::RegistryChange>,
+    /// The registry sequence the page reflects.
+    pub sequence: u64,
+    /// The withdrawals of the number's events that were refused, by sequence.
+    pub refused_withdrawals: Vec<u64>,
+    /// The sequence to ask the next page after; `None` on the last page.
+    pub next_after: Option<u64>,
+}
 
 /// The page of `number`'s record after sequence `after`, at most `limit` events; `None` when the
 /// registry holds nothing about it.
@@ -22,7 +38,7 @@ pub async fn read_record(
     after: u64,
     limit: usize,
     today: Date,
-) -> Result<Option<pb::CitizenRecord>, StoreError> {
+) -> Result<Option<RecordPage>, StoreError> {
     if !store.citizens().may_have_record(number) {
         return Ok(None);
     }
@@ -66,23 +82,18 @@ pub async fn read_record(
                 issued,
                 expiry,
             };
-            let verdict = verdict(&PresentedCard::Current(card), Some(&summary), today);
-            pb::CardRecord {
-                card: Some(pb::CardRef {
-                    id_number: number.to_string(),
-                    issue_date: format_date(issued),
-                    expiry_date: expiry.to_string(),
-                }),
-                verdict: Some(check_response(verdict, sequence)),
-            }
+            (
+                card,
+                verdict(&PresentedCard::Current(card), Some(&summary), today),
+            )
         })
         .collect();
-    Ok(Some(pb::CitizenRecord {
-        id_number: number.to_string(),
+    Ok(Some(RecordPage {
+        number,
         cards,
         events,
         sequence,
         refused_withdrawals: state.refused_withdrawals().collect(),
-        next_after_sequence: next.unwrap_or(0),
+        next_after: next,
     }))
 }

@@ -119,16 +119,17 @@ pub enum IdUse<P> {
     Conflict(P),
 }
 
-/// What the registry makes of an event with `content` under `key`: the first use of an id wins.
+/// What the registry makes of an event under `key` whose content `content` gives: the first use
+/// of an id wins. The content is asked only of an id in use (most events are new).
 pub fn judge_report_id<R: Contents>(
     registered: &mut R,
     key: &ReportKey,
-    content: Content,
+    content: impl FnOnce() -> Content,
 ) -> Result<IdUse<R::Place>, R::Error> {
     let Some(first) = registered.first_use(key)? else {
         return Ok(IdUse::New);
     };
-    Ok(if registered.content(first.at)? == content {
+    Ok(if registered.content(first.at)? == content() {
         IdUse::Duplicate(first.at)
     } else {
         IdUse::Conflict(first.at)
@@ -242,7 +243,7 @@ mod tests {
         let first = event("r-1", "moved abroad");
         held.0
             .insert(key("r-1"), (7, Some(number()), Content::of(&first)));
-        let judge = |held: &mut Held, id, content| judge_report_id(held, &key(id), content);
+        let judge = |held: &mut Held, id, content| judge_report_id(held, &key(id), move || content);
         assert_eq!(judge(&mut held, "r-2", Content::of(&first)), Ok(IdUse::New));
         assert_eq!(
             judge(&mut held, "r-1", Content::of(&first.clone())),

@@ -536,7 +536,7 @@ pub(super) fn judge_retry(
     valid: &ValidEvent,
     recorder: &Recorder,
 ) -> Result<Option<Applied>, ApplyError> {
-    let content = Content::of(valid.canonical());
+    let content = || Content::of(valid.canonical());
     match judge_report_id(&mut Judged(log), &valid.report_key(), content)? {
         IdUse::New => Ok(None),
         IdUse::Duplicate(sequence) => Ok(Some(Applied {

@@ -44,23 +44,23 @@ impl Collected {
             if seen.is_multiple_of(PROGRESS_EVERY) {
                 progress.done(seen);
             }
-            let at =
-                match judge_report_id(&mut reports, &ReportKey::from_bytes(report_id), content)? {
-                    IdUse::New => {
-                        let mut body = [0u8; 16];
-                        body[..8].copy_from_slice(&ordinal.to_be_bytes());
-                        body[8..].copy_from_slice(&value[28..36]);
-                        write_framed(&mut accepted, report_id, &body)?;
-                        reports.first_in_input(report_id, ordinal, origin, content);
-                        return Ok(());
-                    }
-                    IdUse::Duplicate(_) => {
-                        dropped.insert(ordinal);
-                        summary.duplicates += 1;
-                        return Ok(());
-                    }
-                    IdUse::Conflict(at) => at,
-                };
+            let key = ReportKey::from_bytes(report_id);
+            let at = match judge_report_id(&mut reports, &key, || content)? {
+                IdUse::New => {
+                    let mut body = [0u8; 16];
+                    body[..8].copy_from_slice(&ordinal.to_be_bytes());
+                    body[8..].copy_from_slice(&value[28..36]);
+                    write_framed(&mut accepted, report_id, &body)?;
+                    reports.first_in_input(report_id, ordinal, origin, content);
+                    return Ok(());
+                }
+                IdUse::Duplicate(_) => {
+                    dropped.insert(ordinal);
+                    summary.duplicates += 1;
+                    return Ok(());
+                }
+                IdUse::Conflict(at) => at,
+            };
             dropped.insert(ordinal);
             summary.refused += 1;
             let report_id = String::from_utf8_lossy(&report_id[2..]).into_owned();
