@@ -12,8 +12,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::proto::v1 as pb;
-use crate::store::{Corrupt, Store, StoreError};
+use crate::store::{Change, Corrupt, Hit, Store, StoreError};
 
 /// A sequence-numbered, append-only log that can be replayed and followed.
 pub trait Log: Send + Sync + 'static {
@@ -36,7 +35,7 @@ pub trait Log: Send + Sync + 'static {
 pub struct EventFeed(pub Arc<Store>);
 
 impl Log for EventFeed {
-    type Record = pb::RegistryChange;
+    type Record = Change;
 
     fn published(&self) -> u64 {
         self.0.log().sequence()
@@ -55,7 +54,7 @@ impl Log for EventFeed {
     }
 
     fn sequence_of(change: &Self::Record) -> u64 {
-        change.sequence
+        change.sequence()
     }
 }
 
@@ -63,7 +62,7 @@ impl Log for EventFeed {
 pub struct HitFeed(pub Arc<Store>);
 
 impl Log for HitFeed {
-    type Record = pb::Hit;
+    type Record = Hit;
 
     fn published(&self) -> u64 {
         self.0.hits().sequence()
@@ -78,7 +77,7 @@ impl Log for HitFeed {
     }
 
     fn sequence_of(hit: &Self::Record) -> u64 {
-        hit.sequence
+        hit.sequence()
     }
 }
 

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use time::Date;
 
 use crate::card::{Card, CitizenNumber, PresentedCard};
-use crate::proto::v1 as pb;
 use crate::registry::{Summary, Verdict, verdict};
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Store, StoreError};
 
 /// The most events one `GetRecord` answer carries (each at most about 1.3 KB): a long history is
 /// read in pages, within the 4 MiB a response may have.
@@ -21,7 +20,7 @@ pub struct RecordPage {
     /// On the first page, every card the registry knows of, with the verdict it gets today.
     pub cards: Vec<(Card, Verdict)>,
     /// The page's events, as recorded.
-    pub events: Vec<pb::RegistryChange>,
+    pub events: Vec<Change>,
     /// The registry sequence the page reflects.
     pub sequence: u64,
     /// The withdrawals of the number's events that were refused, by sequence.

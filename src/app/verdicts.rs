@@ -11,10 +11,10 @@ use tracing::Instrument;
 use crate::access::{Activity, Caller, Disclosure};
 use crate::app::check::check_cards;
 use crate::card::{CardText, FieldError, PresentedCard, Rule, china_today, parse_presented_card};
-use crate::proto::{self, check_response, malformed_response, v1 as pb, wire_reason};
+use crate::proto::{check_response, malformed_response, v1 as pb, wire_reason};
 use crate::registry::{Reason, Verdict};
 use crate::signing::{MAX_NONCE_BYTES, VerdictSigner};
-use crate::store::{Store, StoreError};
+use crate::store::{Hit, Store, StoreError};
 
 /// Verdicts a call signs on its reactor thread; more are signed off it.
 const SIGN_IN_PLACE: usize = 64;
@@ -222,6 +222,7 @@ impl Verdicts {
         let checked_at = OffsetDateTime::now_utc();
         let mut tally = Tally::default();
         let mut hits = Vec::new();
+        let mut hit_cards = Vec::new();
         let mut responses: Vec<pb::CheckResponse> = judged
             .iter()
             .map(|item| match &item.verdict {
@@ -229,14 +230,14 @@ impl Verdicts {
                     let response = check_response(*verdict, sequence);
                     tally.count(verdict);
                     if verdict.is_hit() {
-                        hits.push(pb::Hit {
-                            sequence: 0,
-                            principal: caller.principal.name.clone(),
-                            terminal: caller.terminal.clone(),
-                            card: item.card.cloned(),
-                            verdict: Some(response.clone()),
-                            checked_at: Some(proto::timestamp(checked_at)),
-                        });
+                        hits.push(Hit::new(
+                            caller.principal.name.clone(),
+                            caller.terminal.clone(),
+                            item.card.cloned(),
+                            response.clone(),
+                            checked_at,
+                        ));
+                        hit_cards.push(item.card.cloned());
                     }
                     response
                 }
@@ -249,19 +250,10 @@ impl Verdicts {
         tally.record(&caller.principal.activity);
         // Logged beside the answer, not before it: writing the lines is no part of the hit's
         // latency, which must not stand out (see below).
-        let logged: Vec<_> = hits
-            .iter()
-            .map(|hit| {
-                (
-                    hit.principal.clone(),
-                    hit.terminal.clone(),
-                    hit.card.clone(),
-                )
-            })
-            .collect();
-        if !logged.is_empty() {
+        if !hit_cards.is_empty() {
+            let (principal, terminal) = (caller.principal.name.clone(), caller.terminal.clone());
             let log_hits = async move {
-                for (principal, terminal, card) in logged {
+                for card in hit_cards {
                     tracing::warn!(
                         %principal,
                         %terminal,

@@ -253,12 +253,16 @@ impl Registry for RegistryService {
 impl RegistryService {
     /// An auditor's feed of `log` from `from` (see [`feed::follow`]); OUT_OF_RANGE beyond the
     /// next sequence.
-    fn follow<L: Log, T>(
+    fn follow<L: Log, T, W>(
         &self,
         request: &Request<T>,
         log: L,
         from: u64,
-    ) -> Result<Response<Feed<L::Record>>, Status> {
+    ) -> Result<Response<Feed<W>>, Status>
+    where
+        L::Record: Into<W>,
+        W: Send + 'static,
+    {
         let caller = self.access.authorize(request, Needs::Role(Role::Auditor))?;
         drop(self.access.admit(&caller, 1)?);
         let open = self.access.open_feed(&caller)?;
@@ -274,7 +278,8 @@ impl RegistryService {
             following.await;
             drop(open);
         });
-        let stream = ReceiverStream::new(stream).map(|record| record.map_err(Status::from));
+        let stream =
+            ReceiverStream::new(stream).map(|record| record.map(Into::into).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -296,7 +301,7 @@ fn citizen_record(page: RecordPage) -> pb::CitizenRecord {
     pb::CitizenRecord {
         id_number: page.number.to_string(),
         cards,
-        events: page.events,
+        events: page.events.into_iter().map(Into::into).collect(),
         sequence: page.sequence,
         refused_withdrawals: page.refused_withdrawals,
         next_after_sequence: page.next_after.unwrap_or(0),

@@ -12,6 +12,24 @@ use crate::event::ValidEvent;
 use crate::proto::v1 as pb;
 use crate::registry::Recorder;
 
+/// An accepted event as the log recorded it. Its recorded form (protobuf, as stored) is the
+/// store's: readers ask for what they need, and the wire takes it whole, exactly as recorded
+/// (`Watch`, `GetRecord`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change(pub(super) pb::RegistryChange);
+
+impl Change {
+    pub fn sequence(&self) -> u64 {
+        self.0.sequence
+    }
+}
+
+impl From<Change> for pb::RegistryChange {
+    fn from(change: Change) -> Self {
+        change.0
+    }
+}
+
 /// The event log of a [`super::Store`].
 #[derive(Clone, Copy)]
 pub struct EventLog<'s>(pub(super) &'s Shared);
@@ -31,25 +49,20 @@ impl EventLog<'_> {
 
     /// Live changes from now on, each sent once durable and visible, in sequence order. A
     /// receiver that falls more than a few thousand changes behind gets `Lagged`.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::RegistryChange>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.0.changes.subscribe()
     }
 
     /// Up to `limit` recorded events from sequence `from` through `through`, in order. Blocking.
-    pub fn read(
-        &self,
-        from: u64,
-        through: u64,
-        limit: usize,
-    ) -> Result<Vec<pb::RegistryChange>, StoreError> {
-        read_log(self.0, CF_EVENTS, from, through, limit)
+    pub fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        read_log(self.0, CF_EVENTS, from, through, limit, Change)
     }
 
     /// The recorded events with these sequences, in order. Blocking.
-    pub fn get(&self, sequences: &[u64]) -> Result<Vec<pb::RegistryChange>, StoreError> {
+    pub fn get(&self, sequences: &[u64]) -> Result<Vec<Change>, StoreError> {
         sequences
             .iter()
-            .map(|&sequence| stored_event(&self.0.db, sequence))
+            .map(|&sequence| stored_event(&self.0.db, sequence).map(Change))
             .collect()
     }
 
@@ -70,14 +83,16 @@ impl EventLog<'_> {
     }
 }
 
-/// Up to `limit` records of a sequence-keyed log, from `from` through `through`. Blocking.
-pub(super) fn read_log<T: prost::Message + Default>(
+/// Up to `limit` records of a sequence-keyed log, from `from` through `through`, each decoded
+/// and then made a `R`. Blocking.
+pub(super) fn read_log<T: prost::Message + Default, R>(
     shared: &Shared,
     family: &'static str,
     from: u64,
     through: u64,
     limit: usize,
-) -> Result<Vec<T>, StoreError> {
+    record: fn(T) -> R,
+) -> Result<Vec<R>, StoreError> {
     let mut log = shared.db.raw_iterator_cf(shared.cf(family));
     log.seek(codec::sequence_key(from));
     let mut records = Vec::new();
@@ -85,7 +100,7 @@ pub(super) fn read_log<T: prost::Message + Default>(
         if codec::decode_sequence(key)? > through || records.len() == limit {
             break;
         }
-        records.push(codec::decode_record(family, value)?);
+        records.push(record(codec::decode_record(family, value)?));
         log.next();
     }
     log.status()?;

@@ -15,7 +15,45 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::event_log::read_log;
 use super::writer::drain_in_groups;
 use super::{CF_HITS, Shared, StoreError, codec};
-use crate::proto::v1 as pb;
+use crate::proto::{self, v1 as pb};
+use time::OffsetDateTime;
+
+/// A check that found a lost, stolen, revoked or cancelled card, as the hit log records it. Its
+/// recorded form (protobuf, as stored) is the store's; `WatchHits` sends it whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit(pb::Hit);
+
+impl Hit {
+    /// A hit of `principal` at `terminal` (empty without one) presenting `card`, answered at
+    /// `checked_at` with `verdict`, the whole verdict as delivered; the log numbers it.
+    pub fn new(
+        principal: String,
+        terminal: String,
+        card: Option<pb::CardRef>,
+        verdict: pb::CheckResponse,
+        checked_at: OffsetDateTime,
+    ) -> Self {
+        Self(pb::Hit {
+            sequence: 0,
+            principal,
+            terminal,
+            card,
+            verdict: Some(verdict),
+            checked_at: Some(proto::timestamp(checked_at)),
+        })
+    }
+
+    /// Its place in the hit log (0 until recorded).
+    pub fn sequence(&self) -> u64 {
+        self.0.sequence
+    }
+}
+
+impl From<Hit> for pb::Hit {
+    fn from(hit: Hit) -> Self {
+        hit.0
+    }
+}
 
 /// The hit log of a [`super::Store`].
 #[derive(Clone, Copy)]
@@ -27,7 +65,7 @@ pub struct HitLog<'s> {
 
 impl HitLog<'_> {
     /// Records `hits`; resolves once they are durable and sent to watchers.
-    pub async fn record(&self, hits: Vec<pb::Hit>) -> Result<(), StoreError> {
+    pub async fn record(&self, hits: Vec<Hit>) -> Result<(), StoreError> {
         let closed = || StoreError::Interrupted("the registry is shutting down".into());
         let writer = self.writer.ok_or_else(closed)?;
         let (reply, outcome) = oneshot::channel();
@@ -44,13 +82,13 @@ impl HitLog<'_> {
     }
 
     /// New hits from now on, once durable, in order (see [`super::EventLog::subscribe`]).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Hit>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Hit>> {
         self.shared.hits.subscribe()
     }
 
     /// Up to `limit` recorded hits from hit sequence `from` through `through`. Blocking.
-    pub fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<pb::Hit>, StoreError> {
-        read_log(self.shared, CF_HITS, from, through, limit)
+    pub fn read(&self, from: u64, through: u64, limit: usize) -> Result<Vec<Hit>, StoreError> {
+        read_log(self.shared, CF_HITS, from, through, limit, Hit)
     }
 }
 
@@ -60,7 +98,7 @@ const SYNC_MARKER_KEY: &[u8] = b"idguard.hit_sync";
 /// Hits of one check call waiting for the hit writer; none for a check that only waits as long
 /// as a hit would.
 pub(super) struct HitSubmission {
-    pub hits: Vec<pb::Hit>,
+    pub hits: Vec<Hit>,
     pub reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -78,12 +116,12 @@ fn commit(shared: &Shared, sync: &WriteOptions, group: Vec<HitSubmission>) {
     let mut replies = Vec::with_capacity(group.len());
     for submission in group {
         for mut hit in submission.hits {
-            hit.sequence = next;
+            hit.0.sequence = next;
             next += 1;
             batch.put_cf(
                 shared.cf(CF_HITS),
-                codec::sequence_key(hit.sequence),
-                hit.encode_to_vec(),
+                codec::sequence_key(next - 1),
+                hit.0.encode_to_vec(),
             );
             numbered.push(hit);
         }

@@ -46,8 +46,8 @@ pub use backup::{registry_sequence, restore};
 pub use bulk::{BulkLoad, BulkSummary, Progress, Refusal};
 pub use citizens::Citizens;
 pub use codec::Corrupt;
-pub use event_log::EventLog;
-pub use hits::HitLog;
+pub use event_log::{Change, EventLog};
+pub use hits::{Hit, HitLog};
 pub use writer::Applied;
 use writer::Placement;
 
@@ -158,11 +158,11 @@ struct Shared {
     /// The same sequence for those who wait for it to move (`min_sequence`).
     published: watch::Sender<u64>,
     /// Every newly accepted event, in sequence order, sent once it is durable and visible.
-    changes: broadcast::Sender<Arc<pb::RegistryChange>>,
+    changes: broadcast::Sender<Arc<Change>>,
     /// The last durable hit's sequence.
     hit_sequence: AtomicU64,
     /// Every new hit, in order, once durable.
-    hits: broadcast::Sender<Arc<pb::Hit>>,
+    hits: broadcast::Sender<Arc<Hit>>,
     /// The cluster stream this registry follows, once bound to one: its sequences are the
     /// stream's, so a duplicate or refused stream message leaves a gap.
     stream: OnceLock<String>,

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, ReportSlot};
 use super::{
-    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, STREAM_POSITION_KEY, Shared,
-    StoreError,
+    ApplyError, CF_CITIZENS, CF_EVENTS, CF_REPORTS, CF_WITHDRAWALS, Change, STREAM_POSITION_KEY,
+    Shared, StoreError,
 };
 use crate::card::{CitizenNumber, FieldError, china_today};
 use crate::event::{ReportId, ReportKey, ValidEvent};
@@ -137,7 +137,7 @@ fn commit_group(shared: &Shared, sync: &WriteOptions, group: Vec<Submission>) {
             shared.published.send_replace(last);
             for change in changes {
                 // No watcher listening is fine.
-                let _ = shared.changes.send(Arc::new(change));
+                let _ = shared.changes.send(Arc::new(Change(change)));
             }
             for (submission, outcome) in group.into_iter().zip(outcomes) {
                 // A submitter that gave up waiting is no reason to stop.
