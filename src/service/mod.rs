@@ -1,7 +1,8 @@
-//! The gRPC layer: authorizes callers, translates between the wire types and the use cases in
-//! [`crate::app`], and maps errors onto status codes.
+//! The gRPC layer: authorizes callers, hands requests to the use cases in [`crate::app`], and
+//! translates between their types and the wire's ([`conversions`], the one place that does).
 
 pub mod admin;
+mod conversions;
 pub mod message_limit;
 pub mod registry;
 pub mod verification;
@@ -15,12 +16,8 @@ use tokio_stream::Stream;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::app::feed::FeedError;
-use crate::app::verdicts::{CheckError, MAX_SEQUENCE_WAIT};
-use crate::card::FieldError;
-use crate::ledger::RecordError;
-use crate::proto::google;
-use crate::store::{ApplyError, StoreError};
+use crate::app::verdicts::MAX_SEQUENCE_WAIT;
+use conversions::{invalid_argument, rpc_status};
 
 /// Becomes `true` when the server starts shutting down; long-lived streams then end.
 pub type Draining = watch::Receiver<bool>;
@@ -95,82 +92,8 @@ fn request_deadline(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
-/// A status as the standard `google.rpc.Status` message, for errors carried inside a stream.
-fn rpc_status(status: &Status) -> google::rpc::Status {
-    google::rpc::Status {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-        details: Vec::new(),
-    }
-}
-
-fn invalid_argument(error: FieldError) -> Status {
-    Status::invalid_argument(error.to_string())
-}
-
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
-}
-
-impl From<StoreError> for Status {
-    /// The failure goes to the log, under an incident number; the caller gets only the number,
-    /// never a path or RocksDB's text.
-    fn from(error: StoreError) -> Self {
-        static INCIDENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let incident = INCIDENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!(%error, incident, "storage failure");
-        Status::internal(format!(
-            "internal storage failure (incident {incident} in this node's log): nothing may be \
-             concluded from this answer; retry, or ask another node"
-        ))
-    }
-}
-
-impl From<CheckError> for Status {
-    fn from(error: CheckError) -> Self {
-        match error {
-            CheckError::Store(error) => error.into(),
-            CheckError::TooFarAhead { .. } => Status::out_of_range(error.to_string()),
-            CheckError::NotReached { .. } => Status::deadline_exceeded(error.to_string()),
-            CheckError::Incomplete(_) => Status::internal(error.to_string()),
-        }
-    }
-}
-
-impl From<FeedError> for Status {
-    fn from(error: FeedError) -> Self {
-        match error {
-            FeedError::Store(error) => error.into(),
-            FeedError::ShuttingDown => Status::unavailable(error.to_string()),
-        }
-    }
-}
-
-impl From<ApplyError> for Status {
-    fn from(error: ApplyError) -> Self {
-        match error {
-            ApplyError::Invalid(error) => invalid_argument(error),
-            ApplyError::Conflict { .. } => Status::already_exists(error.to_string()),
-            ApplyError::Denied(_) => Status::permission_denied(error.to_string()),
-            ApplyError::Quota(_) => Status::resource_exhausted(error.to_string()),
-            // A message out of turn is the cluster follower's to read again.
-            ApplyError::Closed | ApplyError::OutOfTurn { .. } => {
-                Status::unavailable(error.to_string())
-            }
-            ApplyError::FollowsStream(_) => Status::failed_precondition(error.to_string()),
-            ApplyError::Store(error) => error.into(),
-        }
-    }
-}
-
-impl From<RecordError> for Status {
-    fn from(error: RecordError) -> Self {
-        match error {
-            RecordError::Apply(error) => error.into(),
-            RecordError::Unavailable(_) => Status::unavailable(error.to_string()),
-            RecordError::Unreadable(_) => Status::internal(error.to_string()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,14 +9,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::conversions::citizen_record;
 use super::{Draining, invalid_argument, next_message, now, rpc_status};
 use crate::access::{Access, Caller, Needs, Role};
 use crate::app::feed::{self, EventFeed, HitFeed, Log};
-use crate::app::record::{MAX_RECORD_PAGE, RecordPage, read_record};
-use crate::card::{FieldError, china_today, format_date, parse_registrable_number};
+use crate::app::record::{MAX_RECORD_PAGE, read_record};
+use crate::card::{FieldError, china_today, parse_registrable_number};
 use crate::event::{ValidEvent, validate_event};
 use crate::ledger::{Ledger, RecordError};
-use crate::proto::check_response;
 use crate::proto::v1::{self as pb, registry_server::Registry};
 use crate::store::{Applied, PendingApply};
 
@@ -281,29 +281,5 @@ impl RegistryService {
         let stream =
             ReceiverStream::new(stream).map(|record| record.map(Into::into).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-/// A page of a number's record on the wire.
-fn citizen_record(page: RecordPage) -> pb::CitizenRecord {
-    let cards = page
-        .cards
-        .into_iter()
-        .map(|(card, verdict)| pb::CardRecord {
-            card: Some(pb::CardRef {
-                id_number: card.number.to_string(),
-                issue_date: format_date(card.issued),
-                expiry_date: card.expiry.to_string(),
-            }),
-            verdict: Some(check_response(verdict, page.sequence)),
-        })
-        .collect();
-    pb::CitizenRecord {
-        id_number: page.number.to_string(),
-        cards,
-        events: page.events.into_iter().map(Into::into).collect(),
-        sequence: page.sequence,
-        refused_withdrawals: page.refused_withdrawals,
-        next_after_sequence: page.next_after.unwrap_or(0),
     }
 }
