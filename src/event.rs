@@ -153,7 +153,7 @@ impl Event {
 /// another's (a reporter's scopes are at least a province's prefix, so every id it can write lies
 /// in provinces it may report for). A withdrawal names its target within its own authority's
 /// province. Keyed so: the 2-digit province code, then the id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReportKey(Vec<u8>);
 
 impl ReportKey {
@@ -165,9 +165,11 @@ impl ReportKey {
         Self(key)
     }
 
-    /// A key as [`ReportKey::as_bytes`] gave it, read back from the store or an import's sort.
-    pub fn from_bytes(bytes: &[u8]) -> Self {
-        Self(bytes.to_vec())
+    /// Makes this the key `bytes` spell (as [`ReportKey::as_bytes`] gave them, read back from an
+    /// import's sort), reusing its allocation: for a loop over hundreds of millions of keys.
+    pub fn set_bytes(&mut self, bytes: &[u8]) {
+        self.0.clear();
+        self.0.extend_from_slice(bytes);
     }
 
     pub fn as_bytes(&self) -> &[u8] {

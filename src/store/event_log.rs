@@ -79,7 +79,7 @@ impl EventLog<'_> {
         valid: &ValidEvent,
         recorder: &Recorder,
     ) -> Result<Option<Applied>, ApplyError> {
-        writer::judge_retry(self.0, valid, recorder)
+        writer::judge_retry(self.0, &valid.report_key(), valid, recorder)
     }
 }
 

@@ -284,7 +284,7 @@ impl<'a> Overlay<'a> {
         let (sequence, recorded_at) = self.place(placement)?;
         let event = &valid.event;
         let key = valid.report_key();
-        if let Some(retry) = judge_retry(&*self, valid, recorder)? {
+        if let Some(retry) = judge_retry(&*self, &key, valid, recorder)? {
             return Ok(retry);
         }
         let grant = match what_it_touches(&event.kind) {
@@ -533,11 +533,12 @@ impl<L: LogView> Contents for Judged<'_, L> {
 /// use.
 pub(super) fn judge_retry(
     log: &impl LogView,
+    key: &ReportKey,
     valid: &ValidEvent,
     recorder: &Recorder,
 ) -> Result<Option<Applied>, ApplyError> {
     let content = || Content::of(valid.canonical());
-    match judge_report_id(&mut Judged(log), &valid.report_key(), content)? {
+    match judge_report_id(&mut Judged(log), key, content)? {
         IdUse::New => Ok(None),
         IdUse::Duplicate(sequence) => Ok(Some(Applied {
             sequence,

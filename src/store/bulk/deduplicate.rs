@@ -34,6 +34,7 @@ impl Collected {
         let accepted_path = self.work.join("accepted.spool");
         let mut accepted = create_spool(&accepted_path)?;
         let mut reports = ReportsSoFar::new(&self.db);
+        let mut report_key = ReportKey::default();
         let mut seen = 0u64;
         by_report.merge(|key, value| -> Result<(), StoreError> {
             let (report_id, ordinal) = key.split_at(key.len() - 8);
@@ -44,8 +45,8 @@ impl Collected {
             if seen.is_multiple_of(PROGRESS_EVERY) {
                 progress.done(seen);
             }
-            let key = ReportKey::from_bytes(report_id);
-            let at = match judge_report_id(&mut reports, &key, || content)? {
+            report_key.set_bytes(report_id);
+            let at = match judge_report_id(&mut reports, &report_key, || content)? {
                 IdUse::New => {
                     let mut body = [0u8; 16];
                     body[..8].copy_from_slice(&ordinal.to_be_bytes());

@@ -48,6 +48,7 @@ impl Collected {
         // whether that one was, so they are decided in file order after the merge.
         let mut of_withdrawals: Vec<(u64, Origin, WithdrawsWithdrawal<Place>, Vec<u8>)> =
             Vec::new();
+        let mut target_key = ReportKey::default();
         let mut seen = 0u64;
         by_target.merge(|key, value| -> Result<(), StoreError> {
             let (target, ordinal) = key.split_at(key.len() - 8);
@@ -72,7 +73,8 @@ impl Collected {
             // A card event is linked wherever it is in the input: a withdrawal that came first
             // would wait for it and undo it on arrival, with the same outcome. A withdrawal
             // later in the input has not arrived yet, so this one waits for it, as online.
-            match withdrawal_target(&mut reports, &ReportKey::from_bytes(target))? {
+            target_key.set_bytes(target);
+            match withdrawal_target(&mut reports, &target_key)? {
                 Ok(Target::Awaited) => write_framed(&mut waiting, target, &ordinal.to_be_bytes())?,
                 Ok(Target::Event { at, number }) => {
                     let (kind, at) = match at {
