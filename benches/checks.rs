@@ -12,7 +12,7 @@ use idguard::card::{CardText, CitizenNumber, PresentedCard, parse_presented_card
 use idguard::event::validate_event;
 use idguard::proto::timestamp;
 use idguard::proto::v1::{self as pb, registry_event::Kind};
-use idguard::registry::{Recorder, verdict};
+use idguard::registry::{Memo, Recorder, verdict};
 use idguard::store::Store;
 use idguard::store::index::RecordIndex;
 use idguard::tools::synthetic::nth_number;
@@ -57,7 +57,7 @@ fn parsing(c: &mut Criterion) {
 
 fn index(c: &mut Criterion) {
     let index = RecordIndex::default();
-    index.insert((0..RECORDS).map(|k| number(&presented(k))));
+    index.insert((0..RECORDS).map(|k| (number(&presented(k)), Memo::Consult)));
     let absent: Vec<CitizenNumber> = (RECORDS..RECORDS + 1024)
         .map(|k| number(&presented(k)))
         .collect();
@@ -66,13 +66,13 @@ fn index(c: &mut Criterion) {
     c.bench_function("index lookup, miss (1M numbers with records)", |b| {
         b.iter(|| {
             at = (at + 1) % absent.len();
-            index.may_have_record(black_box(absent[at]))
+            index.get(black_box(absent[at]))
         })
     });
     c.bench_function("index lookup, hit (1M numbers with records)", |b| {
         b.iter(|| {
             at = (at + 1) % present.len();
-            index.may_have_record(black_box(present[at]))
+            index.get(black_box(present[at]))
         })
     });
     c.bench_function("verdict, no record", |b| {

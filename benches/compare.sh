@@ -9,8 +9,11 @@
 # idguard / Redis, and the peak RSS of idguard and of Redis.
 #
 # Usage: benches/compare.sh
-#   (defaults: COUNT=10000000 QUERIES=1000000 RUN_SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare;
-#   the data is generated and imported once per COUNT, then reused)
+#   (defaults: COUNT=10000000 QUERIES=1000000 RUN_SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare
+#   WORKLOAD=default; the data is generated and imported once per WORKLOAD and COUNT, then reused)
+# WORKLOAD=default: COUNT events, and checks of which 99% present a number with no record.
+# WORKLOAD=national: COUNT citizens at national steady state (`idguard gen --national`: every
+#   current card issued), and checks of which 99.99% present a citizen's current card.
 set -euo pipefail
 COUNT=${COUNT:-10000000}
 QUERIES=${QUERIES:-1000000}
@@ -18,7 +21,18 @@ QUERIES=${QUERIES:-1000000}
 SECONDS_PER_RUN=${RUN_SECONDS:-10}
 WORKERS=${WORKERS:-32}
 WORK=${WORK:-/tmp/idguard-compare}
+WORKLOAD=${WORKLOAD:-default}
+case "$WORKLOAD" in
+    default) workload_flags=(--hit-fraction 0.01) ;;
+    national) workload_flags=(--national) ;;
+    *) echo "WORKLOAD must be default or national, not $WORKLOAD" >&2; exit 2 ;;
+esac
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/idguard/target}
+# Run by `cargo test` (tests/integration/compare.rs), the script inherits what cargo sets for a
+# test: CARGO_MANIFEST_DIR and the like. ring's build script tracks CARGO_MANIFEST_DIR, so a build
+# here with it set would leave ring, tonic and idguard to be compiled again by the next cargo
+# command run from a shell (`make run` after `make test`).
+unset $(compgen -e | grep -E '^(CARGO_(MANIFEST|PKG|CRATE|BIN|PRIMARY|TARGET_TMPDIR)|OUT_DIR$)' || true)
 cd "$(dirname "$0")/.."
 
 # Redis among them.
@@ -37,11 +51,11 @@ mkdir -p "$WORK"
 
 peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
-if [ ! -f "$WORK/events.csv" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUNT" ]; then
+if [ ! -f "$WORK/events.csv" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$WORKLOAD $COUNT" ]; then
     rm -rf "$WORK/data"
-    "$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries "$QUERIES" --hit-fraction 0.01
+    "$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries "$QUERIES" "${workload_flags[@]}"
     "$idguard" import "$WORK/events.csv" --data-dir "$WORK/data" --rejects "$WORK/rejects"
-    echo "$COUNT" > "$WORK/count"
+    echo "$WORKLOAD $COUNT" > "$WORK/count"
 fi
 
 start "$WORK/idguard.log" "$idguard" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$WORK/data"
@@ -98,9 +112,9 @@ redis-benchmark -p "$redis_port" -c "$WORKERS" -n $((requests * 10)) -r 10000000
 redis_rss=$(peak_rss_mb "$redis_pid")
 redis_members=$(redis-cli -p "$redis_port" scard invalid)
 
-python3 - "$WORK" "$idguard_rss" "$redis_rss" "$redis_members" "$COUNT" <<'PY'
+python3 - "$WORK" "$idguard_rss" "$redis_rss" "$redis_members" "$COUNT" "$WORKLOAD" <<'PY'
 import csv, json, sys
-work, idguard_rss, redis_rss, members, count = sys.argv[1:]
+work, idguard_rss, redis_rss, members, count, workload = sys.argv[1:]
 def ours(name):
     report = json.load(open(f"{work}/{name}.json"))[0]
     return report["checks_per_second"], report["p99_us"] / 1000
@@ -113,7 +127,8 @@ rows = [(f"empty handler, {label.get(m, m)}", ours(f"empty-{m}")) for m in modes
 rows += [(f"idguard, {label.get(m, m)}", ours(f"idguard-{m}")) for m in modes]
 rows += [(f"Redis SISMEMBER, {m}", redis(m)) for m in ("unpipelined", "pipelined")]
 table = dict(rows)
-print(f"{count} events, {members} invalid cards in Redis; p99 is per call (a batch is 1,000 checks)")
+sized = "citizens at national steady state" if workload == "national" else "events"
+print(f"{workload} workload: {count} {sized}, {members} invalid cards in Redis; p99 is per call (a batch is 1,000 checks)")
 print(f"{'':36} {'checks/s':>12} {'p99 ms':>9}")
 for name, (rate, p99) in rows:
     print(f"{name:36} {rate:12.0f} {p99:9.2f}")

@@ -45,6 +45,38 @@ pub fn is_province_code(code: u8) -> bool {
     PROVINCE_CODES.contains(&code)
 }
 
+/// How many province-level codes there are: see [`province_ordinal`].
+pub const PROVINCES: usize = PROVINCE_CODES.len();
+
+/// Each two-digit code's place in [`PROVINCE_CODES`], or `u8::MAX`: a table, since the in-memory
+/// index asks it of every number checked.
+const PROVINCE_ORDINALS: [u8; 100] = {
+    let mut ordinals = [u8::MAX; 100];
+    let mut at = 0;
+    while at < PROVINCE_CODES.len() {
+        ordinals[PROVINCE_CODES[at] as usize] = at as u8;
+        at += 1;
+    }
+    ordinals
+};
+
+/// The place of a province-level code among all of them (below [`PROVINCES`]), if it is one.
+pub fn province_ordinal(code: u64) -> Option<u64> {
+    PROVINCE_ORDINALS
+        .get(usize::try_from(code).ok()?)
+        .filter(|&&ordinal| ordinal != u8::MAX)
+        .map(|&ordinal| u64::from(ordinal))
+}
+
+/// The day `years` after `day`, as validity periods are printed: the same month and day, a
+/// 29 February becoming the 28th in a year without one (`DOMAIN.md` §2).
+pub fn years_after(day: Date, years: i32) -> Option<Date> {
+    let year = day.year().checked_add(years)?;
+    Date::from_calendar_date(year, day.month(), day.day())
+        .or_else(|_| Date::from_calendar_date(year, Month::February, 28))
+        .ok()
+}
+
 /// A rule a field broke. Each message reads after the field's name: `card.id_number: ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rule {

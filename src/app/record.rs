@@ -38,7 +38,7 @@ pub async fn read_record(
     limit: usize,
     today: Date,
 ) -> Result<Option<RecordPage>, StoreError> {
-    if !store.citizens().may_have_record(number) {
+    if store.citizens().memo(number).is_none() {
         return Ok(None);
     }
     let sequence = store.log().sequence();

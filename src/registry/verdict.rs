@@ -6,6 +6,7 @@ use std::fmt;
 use time::{Date, OffsetDateTime};
 
 use crate::card::{Card, Expiry, FIRST_GENERATION_END, PresentedCard, start_of_day};
+use crate::registry::memo::Memo;
 use crate::registry::summary::Summary;
 
 /// Why a card is invalid. The declaration order is the order of precedence: when several apply,
@@ -98,19 +99,45 @@ fn current_card_verdict(card: &Card, summary: Option<&Summary>, today: Date) -> 
         }
         consider(Reason::Superseded, summary.superseded_since(card.issued));
     }
-    if let Expiry::On(end) = expiry
-        && end < today
-    {
-        // Valid through its last day; `end < today` guarantees a next day exists.
-        consider(
-            Reason::Expired,
-            Some(start_of_day(end.next_day().unwrap_or(end))),
-        );
-    }
+    consider(Reason::Expired, expired_since(expiry, today));
     match winner {
         None => Verdict::Valid,
         Some((reason, since)) => Verdict::Invalid { reason, since },
     }
+}
+
+/// Since when a card with this expiry is expired on `today`, if it is.
+fn expired_since(expiry: Expiry, today: Date) -> Option<OffsetDateTime> {
+    match expiry {
+        // Valid through its last day; `end < today` guarantees a next day exists.
+        Expiry::On(end) if end < today => Some(start_of_day(end.next_day().unwrap_or(end))),
+        _ => None,
+    }
+}
+
+/// The verdict on `card` from what the index remembers of its number, when that settles it
+/// (`None`: read the number's summary and call [`verdict`]). It is [`verdict`]'s answer whenever
+/// it gives one: a card issued on or after the newest card is judged by that card's expiry alone.
+pub fn verdict_from_memo(card: &PresentedCard, memo: Memo, today: Date) -> Option<Verdict> {
+    let PresentedCard::Current(presented) = card else {
+        return Some(verdict(card, None, today));
+    };
+    let expiry = match memo {
+        Memo::Consult => return None,
+        Memo::NothingInForce => presented.expiry,
+        Memo::Newest { issued, .. } if presented.issued < issued => return None,
+        Memo::Newest { issued, expiry } if presented.issued == issued => {
+            presented.expiry.stricter(expiry)
+        }
+        Memo::Newest { .. } => presented.expiry,
+    };
+    Some(match expired_since(expiry, today) {
+        None => Verdict::Valid,
+        Some(since) => Verdict::Invalid {
+            reason: Reason::Expired,
+            since,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -248,10 +275,47 @@ mod tests {
                 issued: DAYS.get(presented).copied().unwrap_or(date!(2012 - 02 - 02)),
                 expiry: EXPIRIES[expiry],
             };
-            prop_assert_eq!(
-                verdict(&PresentedCard::Current(card), Some(&Summary::of(&state)), TODAY),
-                verdict_over_entries(&card, &state, TODAY)
+            let summary = Summary::of(&state);
+            let expected = verdict_over_entries(&card, &state, TODAY);
+            let presented = PresentedCard::Current(card);
+            prop_assert_eq!(verdict(&presented, Some(&summary), TODAY), expected);
+            if let Some(remembered) = verdict_from_memo(&presented, Memo::of(&summary), TODAY) {
+                prop_assert_eq!(remembered, expected);
+            }
+        }
+
+        /// The memo settles every card of a number with only issuances in force, but for cards
+        /// older than its newest: the national steady state's checks need no store read.
+        #[test]
+        fn the_memo_settles_the_newest_card_of_a_number_with_only_issuances(
+            issued in prop::collection::vec((0..DAYS.len(), 0..EXPIRIES.len(), 1..28u8), 1..6),
+            presented in 0..DAYS.len(),
+            expiry in 0..EXPIRIES.len(),
+        ) {
+            let mut state = CitizenState::default();
+            for (at, &(day, stated, occurred)) in issued.iter().enumerate() {
+                let fact = Fact::Card {
+                    fact: CardFact::Issued,
+                    issued: DAYS[day],
+                    expiry: EXPIRIES[stated],
+                };
+                state.record(entry(at as u64 + 1, occurred, fact));
+            }
+            let card = Card {
+                number: CitizenNumber::from_packed(11010519491231002).unwrap(),
+                issued: DAYS[presented],
+                expiry: EXPIRIES[expiry],
+            };
+            let newest = issued.iter().map(|&(day, ..)| DAYS[day]).max().unwrap();
+            let remembered = verdict_from_memo(
+                &PresentedCard::Current(card),
+                Memo::of(&Summary::of(&state)),
+                TODAY,
             );
+            prop_assert_eq!(remembered.is_some(), card.issued >= newest);
+            if let Some(remembered) = remembered {
+                prop_assert_eq!(remembered, verdict_over_entries(&card, &state, TODAY));
+            }
         }
     }
 

@@ -1,10 +1,11 @@
-//! The numbers with a record: the in-memory index that answers "no record" without I/O, and the
-//! stored state of each number, read when the index says it may have one.
+//! The numbers with a record: the in-memory index that answers "no record", and the current card
+//! of a number with only issuances, without I/O; and the stored state of each number, read when
+//! the index cannot settle a check.
 
 use super::index::RecordIndex;
 use super::{CF_CITIZENS, IndexOrigin, Shared, StoreError, codec};
 use crate::card::CitizenNumber;
-use crate::registry::{CitizenState, Summary};
+use crate::registry::{CitizenState, Memo, Summary};
 
 /// The citizens of a [`super::Store`].
 #[derive(Clone, Copy)]
@@ -14,14 +15,15 @@ pub struct Citizens<'s> {
 }
 
 impl<'s> Citizens<'s> {
-    /// Whether the number may have a record; `false` is exact and costs no I/O.
-    pub fn may_have_record(&self, number: CitizenNumber) -> bool {
-        self.shared.index.may_have_record(number)
+    /// What the index remembers of the number; `None` is exact (it has no record), and neither
+    /// costs I/O.
+    pub fn memo(&self, number: CitizenNumber) -> Option<Memo> {
+        self.shared.index.get(number)
     }
 
-    /// [`Citizens::may_have_record`] for many numbers, in order.
-    pub fn may_have_records(&self, numbers: &[CitizenNumber]) -> Vec<bool> {
-        self.shared.index.may_have_records(numbers)
+    /// [`Citizens::memo`] for many numbers, in order.
+    pub fn memos(&self, numbers: &[CitizenNumber]) -> Vec<Option<Memo>> {
+        self.shared.index.get_many(numbers)
     }
 
     /// Where the index came from at open.

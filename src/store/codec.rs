@@ -7,7 +7,7 @@ use time::{Date, OffsetDateTime};
 use crate::card::{CitizenNumber, Expiry};
 use crate::proto::v1 as pb;
 use crate::registry::summary::CardStanding;
-use crate::registry::{CardFact, CitizenState, DailyTally, Entry, Fact, Grant, Summary};
+use crate::registry::{CardFact, CitizenState, DailyTally, Entry, Fact, Grant, Memo, Summary};
 
 /// A stored value the code cannot read: the data dir is damaged or from an unknown version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,8 +167,7 @@ fn day_from(number: i32) -> Result<Date, Corrupt> {
 /// summary, all a check decodes ([`decode_citizen_summary`]), then its history, which the writer
 /// and `GetRecord` decode ([`decode_citizen`]). One value, so that an event costs one write per
 /// number it touches (a family of summaries apart cost a fifth of `Submit`'s throughput).
-pub fn encode_citizen(state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
-    let summary = Summary::of(state);
+pub fn encode_citizen(summary: &Summary, state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
     let (_, counts) = tally.parts();
     let mut bytes = Vec::with_capacity(
         1 + 4
@@ -180,7 +179,7 @@ pub fn encode_citizen(state: &CitizenState, tally: &DailyTally) -> Vec<u8> {
     );
     bytes.push(CITIZEN_V2);
     bytes.extend_from_slice(&[0; 4]);
-    encode_summary(&summary, &mut bytes);
+    encode_summary(summary, &mut bytes);
     let summary_len = u32::try_from(bytes.len() - 5).unwrap_or(u32::MAX);
     bytes[1..5].copy_from_slice(&summary_len.to_be_bytes());
     encode_history(state, tally, &mut bytes);
@@ -208,6 +207,14 @@ fn citizen_parts(bytes: &[u8]) -> Result<(&[u8], &[u8]), Corrupt> {
 /// The summary in what [`encode_citizen`] wrote: what a check needs, decoded without the history.
 pub fn decode_citizen_summary(bytes: &[u8]) -> Result<Summary, Corrupt> {
     decode_summary(citizen_parts(bytes)?.0)
+}
+
+/// A stored number and its memo, from a `citizens` key and value.
+pub fn decode_citizen_memo(key: &[u8], value: &[u8]) -> Result<(CitizenNumber, Memo), Corrupt> {
+    Ok((
+        decode_citizen_key(key)?,
+        Memo::of(&decode_citizen_summary(value)?),
+    ))
 }
 
 /// The state and the day's tally in what [`encode_citizen`] wrote.
@@ -505,7 +512,7 @@ mod tests {
         tally.admit(110105, date!(2026 - 11 - 22)).unwrap();
         let summary = Summary::of(&state);
         assert!(summary.cancelled.is_some() && !summary.cards.is_empty());
-        let stored = encode_citizen(&state, &tally);
+        let stored = encode_citizen(&Summary::of(&state), &state, &tally);
         assert_eq!(decode_citizen_summary(&stored), Ok(summary));
         assert_eq!(decode_citizen(&stored), Ok((state, tally)));
     }

@@ -648,24 +648,24 @@ fn applied_sequence(db: &DB) -> Result<u64, StoreError> {
     }
 }
 
-/// The index of every number with a state, read from the `citizens` keys.
+/// The index of every number with a state, with its memo, read from the `citizens` family.
 fn rebuild_index(db: &DB) -> Result<RecordIndex, StoreError> {
     let cf = column_family(db, CF_CITIZENS);
     let estimate = db
         .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
         .unwrap_or(0);
     let index = RecordIndex::with_capacity(usize::try_from(estimate).unwrap_or(0));
-    let mut keys = db.raw_iterator_cf(cf);
-    keys.seek_to_first();
+    let mut citizens = db.raw_iterator_cf(cf);
+    citizens.seek_to_first();
     let mut batch = Vec::with_capacity(4096);
-    while let Some(key) = keys.key() {
-        batch.push(codec::decode_citizen_key(key)?);
+    while let (Some(key), Some(value)) = (citizens.key(), citizens.value()) {
+        batch.push(codec::decode_citizen_memo(key, value)?);
         if batch.len() == batch.capacity() {
             index.insert(batch.drain(..));
         }
-        keys.next();
+        citizens.next();
     }
-    keys.status()?;
+    citizens.status()?;
     index.insert(batch);
     Ok(index)
 }

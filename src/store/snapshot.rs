@@ -4,9 +4,11 @@
 //! The file is trusted only as far as it proves itself: it carries the sequence it reflects and a
 //! fingerprint of the event at that sequence (so it belongs to *this* event log), and a checksum of
 //! its slots. Events after its sequence (written after a crash, say) are replayed into it from the
-//! log, and a sample of stored numbers must be found in it. Anything else, and the index is
+//! log (each touched number's memo read again from its stored state), and a sample of stored
+//! numbers must be found in it. Anything else, and the index is
 //! rebuilt from RocksDB.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -14,14 +16,17 @@ use std::path::Path;
 use rocksdb::DB;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{CF_CITIZENS, CF_EVENTS, codec, column_family};
+use super::{CF_CITIZENS, CF_EVENTS, CF_REPORTS, codec, column_family};
 use crate::card::{CitizenNumber, parse_registrable_number};
+use crate::event::{ReportId, ReportKey};
 use crate::proto::v1 as pb;
 use crate::store::index::{RecordIndex, SlotsHeader};
 
 const FILE_NAME: &str = "idguard-index.snapshot";
-const MAGIC: &[u8; 8] = b"IDGIDX01";
-const HEADER_BYTES: usize = 8 + 8 * 5;
+/// Version 2 holds each number's memo beside it; a version-1 file is not used (the index is
+/// rebuilt once).
+const MAGIC: &[u8; 8] = b"IDGIDX02";
+const HEADER_BYTES: usize = 8 + 8 * 6;
 /// Stored numbers looked up in a loaded index before it is trusted.
 const SAMPLE: usize = 4096;
 
@@ -54,6 +59,7 @@ pub(super) fn save(
             anchor,
             slots.numbers,
             slots.buckets,
+            slots.overflow,
             slots.checksum,
         ] {
             out.write_all(&field.to_le_bytes())?;
@@ -108,7 +114,8 @@ pub(super) fn load(data_dir: &Path, db: &DB, last: u64) -> Result<Option<RecordI
     let slots = SlotsHeader {
         numbers: field(2),
         buckets: field(3),
-        checksum: field(4),
+        overflow: field(4),
+        checksum: field(5),
     };
     let index = RecordIndex::read_slots(&mut input, slots).map_err(|error| error.to_string())?;
     replay(db, &index, sequence + 1)?;
@@ -116,34 +123,67 @@ pub(super) fn load(data_dir: &Path, db: &DB, last: u64) -> Result<Option<RecordI
     Ok(Some(index))
 }
 
-/// Adds the numbers named by events from `from` on.
+/// Brings the memos of the numbers touched by events from `from` on up to date, from their
+/// stored states.
 fn replay(db: &DB, index: &RecordIndex, from: u64) -> Result<(), String> {
     let mut log = db.raw_iterator_cf(column_family(db, CF_EVENTS));
     log.seek(codec::sequence_key(from));
-    let mut numbers = Vec::new();
+    let mut touched = BTreeSet::new();
     while let Some(value) = log.value() {
         let change = codec::decode_change(value).map_err(|error| error.to_string())?;
-        numbers.extend(change.event.as_ref().and_then(named_number));
+        if let Some(event) = &change.event {
+            touched.extend(touched_number(db, event)?);
+        }
         log.next();
     }
     log.status().map_err(|error| error.to_string())?;
-    index.insert(numbers);
+    let citizens = column_family(db, CF_CITIZENS);
+    let keys: Vec<[u8; 8]> = touched.into_iter().map(codec::citizen_key).collect();
+    let mut memos = Vec::with_capacity(keys.len());
+    for (key, found) in keys
+        .iter()
+        .zip(db.batched_multi_get_cf(citizens, &keys, false))
+    {
+        if let Some(value) = found.map_err(|error| error.to_string())? {
+            memos.push(codec::decode_citizen_memo(key, &value).map_err(|error| error.to_string())?);
+        }
+    }
+    index.insert(memos);
     Ok(())
 }
 
-/// The number an event names directly. A withdrawal touches its target's number, which is named by
-/// the target itself, earlier in the log.
-fn named_number(event: &pb::RegistryEvent) -> Option<CitizenNumber> {
+/// The number an event touches: the one it names, or for a withdrawal its target's, if the
+/// target had arrived (one that arrives later names the number itself).
+fn touched_number(db: &DB, event: &pb::RegistryEvent) -> Result<Option<CitizenNumber>, String> {
     use pb::registry_event::Kind;
-    let text = match event.kind.as_ref()? {
-        Kind::Reported(pb::CardReported { card, .. })
-        | Kind::Issued(pb::CardIssued { card })
-        | Kind::Revoked(pb::CardRevoked { card, .. }) => &card.as_ref()?.id_number,
-        Kind::Cancelled(cancelled) => &cancelled.id_number,
-        Kind::Withdrawn(_) => return None,
+    let text = match event.kind.as_ref() {
+        Some(
+            Kind::Reported(pb::CardReported { card, .. })
+            | Kind::Issued(pb::CardIssued { card })
+            | Kind::Revoked(pb::CardRevoked { card, .. }),
+        ) => card.as_ref().map(|card| &card.id_number),
+        Some(Kind::Cancelled(cancelled)) => Some(&cancelled.id_number),
+        Some(Kind::Withdrawn(withdrawn)) => {
+            // Stored events were validated when accepted.
+            let target = ReportId::parse(&withdrawn.withdrawn_report_id)
+                .map_err(|rule| format!("a stored withdrawal's target: {rule}"))?;
+            let slot = db
+                .get_pinned_cf(
+                    column_family(db, CF_REPORTS),
+                    ReportKey::new(&event.authority, &target).as_bytes(),
+                )
+                .map_err(|error| error.to_string())?;
+            return match slot {
+                Some(slot) => Ok(codec::ReportSlot::decode(&slot)
+                    .map_err(|error| error.to_string())?
+                    .number),
+                None => Ok(None),
+            };
+        }
+        None => None,
     };
     // Stored numbers were validated when accepted; any birth date is in the past by now.
-    parse_registrable_number(text, time::Date::MAX).ok()
+    Ok(text.and_then(|text| parse_registrable_number(text, time::Date::MAX).ok()))
 }
 
 /// Checks that stored numbers, from the start and from the middle of the key space, are in the
@@ -155,7 +195,7 @@ fn sample_agrees(db: &DB, index: &RecordIndex) -> Result<(), String> {
         for _ in 0..SAMPLE / 2 {
             let Some(key) = keys.key() else { break };
             let number = codec::decode_citizen_key(key).map_err(|error| error.to_string())?;
-            if !index.may_have_record(number) {
+            if index.get(number).is_none() {
                 return Err(format!(
                     "stored number {} is missing from it",
                     number.masked()

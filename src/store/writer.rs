@@ -25,9 +25,9 @@ use crate::event::{ReportId, ReportKey, ValidEvent};
 use crate::proto::{self, v1 as pb};
 use crate::registry::tally::division_of;
 use crate::registry::{
-    CitizenState, Content, Contents, DailyTally, Denial, Entry, Fact, FirstUse, Grant, IdUse,
-    Recorder, ReportIds, Target, Touches, awaited_withdrawal, judge_report_id, what_it_touches,
-    withdrawal_target,
+    CitizenState, Content, Contents, DailyTally, Denial, Entry, Fact, FirstUse, Grant, IdUse, Memo,
+    Recorder, ReportIds, Summary, Target, Touches, awaited_withdrawal, judge_report_id,
+    what_it_touches, withdrawal_target,
 };
 
 /// The most submissions committed by one WAL sync.
@@ -430,9 +430,15 @@ impl<'a> Overlay<'a> {
         Ok(codec::occurred_at(&self.event(sequence)?)?)
     }
 
-    /// The group as one write batch, the numbers it gives records to, and its new events in
-    /// sequence order.
-    fn into_batch(self) -> (WriteBatch, Vec<CitizenNumber>, Vec<pb::RegistryChange>) {
+    /// The group as one write batch, the numbers it gives records to with their new memos, and its
+    /// new events in sequence order.
+    fn into_batch(
+        self,
+    ) -> (
+        WriteBatch,
+        Vec<(CitizenNumber, Memo)>,
+        Vec<pb::RegistryChange>,
+    ) {
         let shared = self.shared;
         let mut batch = WriteBatch::default();
         for (sequence, change) in &self.events {
@@ -458,12 +464,13 @@ impl<'a> Overlay<'a> {
         let mut touched = Vec::with_capacity(self.citizens.len());
         for (number, history) in &self.citizens {
             if !history.state.entries().is_empty() {
+                let summary = Summary::of(&history.state);
                 batch.put_cf(
                     shared.cf(CF_CITIZENS),
                     codec::citizen_key(*number),
-                    codec::encode_citizen(&history.state, &history.tally),
+                    codec::encode_citizen(&summary, &history.state, &history.tally),
                 );
-                touched.push(*number);
+                touched.push((*number, Memo::of(&summary)));
             }
         }
         (batch, touched, self.events.into_values().collect())

@@ -12,16 +12,16 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use time::format_description::well_known::Rfc3339;
-use time::{Date, Duration, Month, OffsetDateTime, Time};
+use time::{Date, Duration, OffsetDateTime, Time};
 
-use crate::card::{CHINA_STANDARD_TIME, CitizenNumber, Expiry, format_date};
+use crate::card::{CHINA_STANDARD_TIME, CitizenNumber, Expiry, format_date, years_after};
 use crate::event::Kind;
 use crate::event_file::{ExportRecord, QueryRecord};
 
 /// The default reference day: fixed, so that the same seed always gives the same data.
 pub const DEFAULT_AS_OF: Date = time::macros::date!(2026 - 11 - 01);
 
-const PROVINCES: [u8; 31] = [
+pub(super) const PROVINCES: [u8; 31] = [
     11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
     53, 54, 61, 62, 63, 64, 65,
 ];
@@ -30,11 +30,11 @@ const LOOKBACK: u64 = 1000;
 
 /// A card as generated: its number, dates, and the region that issued it.
 #[derive(Debug, Clone)]
-struct GenCard {
-    number: String,
-    region: String,
-    issued: Date,
-    expiry: Expiry,
+pub(super) struct GenCard {
+    pub(super) number: String,
+    pub(super) region: String,
+    pub(super) issued: Date,
+    pub(super) expiry: Expiry,
 }
 
 /// The `k`-th of a large supply of distinct valid numbers (region 440305, born on or after
@@ -45,14 +45,14 @@ pub fn nth_number(k: u64) -> String {
 }
 
 /// A number from its first 17 digits, with its check character.
-fn with_check_character(digits: &str) -> String {
+pub(super) fn with_check_character(digits: &str) -> String {
     let packed = digits.parse().unwrap_or_default();
     CitizenNumber::from_packed(packed).map_or_else(|| digits.to_owned(), |n| n.to_string())
 }
 
 /// A card issued on `issued`, valid for the period the holder's age then gives
 /// (Resident Identity Card Law, art. 5; `DOMAIN.md` §2).
-fn card_issued_on(number: String, born: Date, issued: Date) -> GenCard {
+pub(super) fn card_issued_on(number: String, born: Date, issued: Date) -> GenCard {
     let had_birthday = (issued.month(), issued.day()) >= (born.month(), born.day());
     let age = issued.year() - born.year() - i32::from(!had_birthday);
     let expiry = match age {
@@ -84,10 +84,12 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 fn add_years(day: Date, years: i32) -> Date {
-    let year = day.year() + years;
-    Date::from_calendar_date(year, day.month(), day.day())
-        .or_else(|_| Date::from_calendar_date(year, Month::February, 28))
-        .unwrap_or(day)
+    years_after(day, years).unwrap_or(day)
+}
+
+/// A moment as the export writes it.
+pub(super) fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
 }
 
 fn days_between(from: Date, to: Date) -> u64 {
@@ -99,8 +101,12 @@ impl Generator {
         Self { seed, as_of }
     }
 
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// A pseudo-random value for record `i` and purpose `salt`.
-    fn draw(&self, i: u64, salt: u64) -> u64 {
+    pub(super) fn draw(&self, i: u64, salt: u64) -> u64 {
         splitmix(self.seed ^ splitmix(i ^ salt.rotate_left(40)))
     }
 
@@ -136,7 +142,7 @@ impl Generator {
     }
 
     /// The card of a citizen born on `born`, current on the reference day unless it has expired.
-    fn card(&self, number: String, born: Date, value: u64) -> GenCard {
+    pub(super) fn card(&self, number: String, born: Date, value: u64) -> GenCard {
         let adult = add_years(born, 16);
         let recent = self.as_of - Duration::days((value % 3650) as i64);
         let issued = if adult <= self.as_of {
@@ -153,7 +159,7 @@ impl Generator {
     }
 
     /// A day between `from` and the reference day, at an hour of the day in UTC+8.
-    fn moment(&self, i: u64, salt: u64, from: Date) -> OffsetDateTime {
+    pub(super) fn moment(&self, i: u64, salt: u64, from: Date) -> OffsetDateTime {
         let value = self.draw(i, salt);
         let day = from + Duration::days((value % (days_between(from, self.as_of) + 1)) as i64);
         let hour = (value >> 32) % 14 + 8;
@@ -234,7 +240,7 @@ impl Generator {
         ExportRecord {
             report_id: self.report_id(i),
             authority: format!("{}-PSB", card.region),
-            occurred_at: occurred_at.format(&Rfc3339).unwrap_or_default(),
+            occurred_at: rfc3339(occurred_at),
             kind: kind.name().to_owned(),
             id_number,
             issue_date,
@@ -280,6 +286,16 @@ pub enum Format {
     Csv,
 }
 
+impl Format {
+    /// The export's file name in this format.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Ndjson => "events.ndjson",
+            Self::Csv => "events.csv",
+        }
+    }
+}
+
 /// Writes `count` records to `out` in `format`.
 pub fn write_export(
     generator: &Generator,
@@ -287,25 +303,36 @@ pub fn write_export(
     format: Format,
     out: impl Write,
 ) -> io::Result<()> {
+    write_records((0..count).map(|i| generator.record(i)), format, out).map(drop)
+}
+
+/// Writes export records to `out` in `format`, and returns how many.
+pub fn write_records(
+    records: impl Iterator<Item = ExportRecord>,
+    format: Format,
+    out: impl Write,
+) -> io::Result<u64> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
+    let mut written = 0;
     match format {
         Format::Ndjson => {
-            for i in 0..count {
-                serde_json::to_writer(&mut out, &generator.record(i))?;
+            for record in records {
+                serde_json::to_writer(&mut out, &record)?;
                 out.write_all(b"\n")?;
+                written += 1;
             }
         }
         Format::Csv => {
             let mut writer = csv::Writer::from_writer(&mut out);
-            for i in 0..count {
-                writer
-                    .serialize(generator.record(i))
-                    .map_err(io::Error::other)?;
+            for record in records {
+                writer.serialize(record).map_err(io::Error::other)?;
+                written += 1;
             }
             writer.flush()?;
         }
     }
-    out.flush()
+    out.flush()?;
+    Ok(written)
 }
 
 /// Writes a CSV workload of `queries` checks over an export of `count` records.
@@ -316,11 +343,20 @@ pub fn write_queries(
     hit_fraction: f64,
     out: impl Write,
 ) -> io::Result<()> {
+    write_query_records(
+        (0..queries).map(|q| generator.query(q, count, hit_fraction)),
+        out,
+    )
+}
+
+/// Writes a CSV workload of checks.
+pub fn write_query_records(
+    queries: impl Iterator<Item = QueryRecord>,
+    out: impl Write,
+) -> io::Result<()> {
     let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, out));
-    for q in 0..queries {
-        writer
-            .serialize(generator.query(q, count, hit_fraction))
-            .map_err(io::Error::other)?;
+    for query in queries {
+        writer.serialize(query).map_err(io::Error::other)?;
     }
     writer.flush()
 }
@@ -336,15 +372,11 @@ pub fn generate(
 ) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for &format in formats {
-        let name = match format {
-            Format::Ndjson => "events.ndjson",
-            Format::Csv => "events.csv",
-        };
         write_export(
             generator,
             count,
             format,
-            std::fs::File::create(dir.join(name))?,
+            std::fs::File::create(dir.join(format.file_name()))?,
         )?;
     }
     write_queries(

@@ -1,5 +1,5 @@
-//! `benches/compare.sh` at a small size: it generates and imports a registry, measures the empty
-//! handler, idguard in its three modes and Redis, and prints the whole table.
+//! `benches/compare.sh` at a small size, for both workloads: it generates and imports a registry,
+//! measures the empty handler, idguard in its three modes and Redis, and prints the whole table.
 
 use std::process::Command;
 
@@ -24,8 +24,16 @@ fn figure(table: &str, row: &str) -> f64 {
         .unwrap_or_else(|| panic!("no figure in {line:?}"))
 }
 
+/// Both workloads, each at a small size: the default one (checks of numbers with no record) and
+/// the national steady state (checks of citizens' current cards).
 #[test]
 fn the_side_by_side_comparison_prints_every_row_and_ratio() {
+    for workload in ["default", "national"] {
+        compare(workload);
+    }
+}
+
+fn compare(workload: &str) {
     let work = tempfile::tempdir().unwrap();
     let output = Command::new("bash")
         .arg("benches/compare.sh")
@@ -35,9 +43,14 @@ fn the_side_by_side_comparison_prints_every_row_and_ratio() {
         .env("RUN_SECONDS", "1")
         .env("WORKERS", "4")
         .env("WORK", work.path())
+        .env("WORKLOAD", workload)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.starts_with(&format!("{workload} workload: 20000 ")),
+        "{table}"
+    );
     assert!(
         output.status.success(),
         "{table}\n{}",

@@ -340,10 +340,13 @@ fn the_saved_index_is_brought_up_to_date_or_rebuilt() {
         let store = Store::open(dir.path()).unwrap();
         range
             .map(|k| {
-                store.citizens().may_have_record(
-                    idguard::card::parse_registrable_number(&nth_number(k), time::Date::MAX)
-                        .unwrap(),
-                )
+                store
+                    .citizens()
+                    .memo(
+                        idguard::card::parse_registrable_number(&nth_number(k), time::Date::MAX)
+                            .unwrap(),
+                    )
+                    .is_some()
             })
             .collect()
     };

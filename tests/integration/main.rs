@@ -14,6 +14,7 @@ mod compare;
 mod crash;
 mod feed;
 mod import;
+mod national;
 mod operations;
 mod properties;
 mod python;

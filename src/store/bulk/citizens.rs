@@ -11,7 +11,7 @@ use super::spool::{array, decode_spooled_entry};
 use super::sst::SstFiles;
 use super::{Collected, Progress};
 use crate::card::CitizenNumber;
-use crate::registry::{CitizenState, DailyTally, Entry, Fact};
+use crate::registry::{CitizenState, DailyTally, Entry, Fact, Memo, Summary};
 use crate::store::index::RecordIndex;
 use crate::store::{CF_CITIZENS, StoreError, codec, column_family};
 
@@ -48,9 +48,11 @@ impl Collected {
                 .into_iter()
                 .chain(withdrawals)
                 .for_each(|entry| state.record(entry));
+            let summary = Summary::of(&state);
+            stored.index_new(number, Memo::of(&summary))?;
             ssts.put(
                 &number.to_be_bytes(),
-                &codec::encode_citizen(&state, &tally),
+                &codec::encode_citizen(&summary, &state, &tally),
             )
         };
         // The merge runs on the other core, handing over whole numbers' entries.
@@ -109,45 +111,54 @@ fn group_entries(
     Ok(())
 }
 
-/// The stored citizen keys, walked in step with the new entries' numbers, indexing every number
-/// passed.
+/// The stored citizens, walked in step with the new entries' numbers, indexing every number
+/// passed with its memo.
 struct StoredCitizens<'db> {
     keys: rocksdb::DBRawIterator<'db>,
     index: RecordIndex,
-    indexed: Vec<CitizenNumber>,
+    indexed: Vec<(CitizenNumber, Memo)>,
 }
 
 impl StoredCitizens<'_> {
-    /// Indexes every stored number up to `number` and `number` itself, and returns its stored
-    /// history, if any.
+    /// Indexes every stored number before `number`, and returns `number`'s stored history, if any.
     fn through(&mut self, number: u64) -> Result<Option<(CitizenState, DailyTally)>, StoreError> {
         let key = number.to_be_bytes();
         let mut state = None;
-        while let Some(stored) = self.keys.key() {
+        while let (Some(stored), Some(value)) = (self.keys.key(), self.keys.value()) {
             if stored > &key[..] {
                 break;
             }
             if stored == key {
-                state = Some(codec::decode_citizen(
-                    self.keys.value().unwrap_or_default(),
-                )?);
+                state = Some(codec::decode_citizen(value)?);
             } else {
-                self.indexed.push(codec::decode_citizen_key(stored)?);
+                let memo = codec::decode_citizen_memo(stored, value)?;
+                self.index_memo(memo);
             }
             self.keys.next();
         }
         self.keys.status()?;
-        self.indexed.push(codec::decode_citizen_key(&key)?);
+        Ok(state)
+    }
+
+    /// Indexes a number folded with new entries, with the memo of its new state.
+    fn index_new(&mut self, number: u64, memo: Memo) -> Result<(), StoreError> {
+        let number = codec::decode_citizen_key(&number.to_be_bytes())?;
+        self.index_memo((number, memo));
+        Ok(())
+    }
+
+    fn index_memo(&mut self, memo: (CitizenNumber, Memo)) {
+        self.indexed.push(memo);
         if self.indexed.len() >= 4096 {
             self.index.insert(self.indexed.drain(..));
         }
-        Ok(state)
     }
 
     /// Indexes the stored numbers after the last new one and returns the index.
     fn rest(mut self) -> Result<RecordIndex, StoreError> {
-        while let Some(stored) = self.keys.key() {
-            self.indexed.push(codec::decode_citizen_key(stored)?);
+        while let (Some(stored), Some(value)) = (self.keys.key(), self.keys.value()) {
+            let memo = codec::decode_citizen_memo(stored, value)?;
+            self.indexed.push(memo);
             self.keys.next();
         }
         self.keys.status()?;
