@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use time::{Date, macros::date};
 use xxhash_rust::xxh3::Xxh3;
@@ -413,16 +413,24 @@ impl Table {
         }
     }
 
-    /// Whether adding `extra` keys calls for a bigger table first.
-    fn needs_growth_for(&self, extra: usize) -> bool {
-        (self.len + extra) as f64 > self.layout.capacity() as f64 * MAX_LOAD
+    /// Whether the table should be replaced by a bigger one.
+    fn needs_growth(&self) -> bool {
+        self.len as f64 > self.layout.capacity() as f64 * MAX_LOAD
             || self.crowded > 64 + self.len / 2048
     }
 
     /// Every key's hash (ranked) or overflow key, with its value.
     fn for_each(&self, mut each: impl FnMut(Key, u64)) {
+        self.for_each_in(0..self.buckets.len(), &mut each);
+        for (&key, &value) in &self.overflow {
+            each(Key::Overflow(key), value);
+        }
+    }
+
+    /// The keys held in the buckets `range`, with their values.
+    fn for_each_in(&self, range: std::ops::Range<usize>, each: &mut impl FnMut(Key, u64)) {
         let layout = &self.layout;
-        for (at, bucket) in self.buckets.iter().enumerate() {
+        for (bucket, at) in self.buckets[range.clone()].iter().zip(range) {
             let at = at as u64;
             for slot in 0..layout.slots {
                 let held = bucket.get(slot * layout.slot_bits, layout.slot_bits);
@@ -439,20 +447,19 @@ impl Table {
                 each(Key::Hash(layout.hash(home, remainder)), value);
             }
         }
-        for (&key, &value) in &self.overflow {
-            each(Key::Overflow(key), value);
-        }
     }
 
-    /// A copy with room for `extra` more keys at the grown load.
-    fn grown_for(&self, extra: usize) -> Self {
-        // Always bigger, so that a table grown for its crowded overflow does not come back the same.
-        let buckets = Layout::for_numbers(self.len + extra, GROWN_LOAD)
-            .buckets
-            .max(self.layout.buckets + self.layout.buckets / 8 + 1);
-        let mut grown = Self::with_layout(Layout::of(buckets));
-        self.for_each(|key, value| grown.set_key(key, value));
-        grown
+    /// The shape of the table that replaces this one when it grows: its keys at the grown load,
+    /// and always bigger, so that a table grown for its crowded overflow does not come back the
+    /// same.
+    fn grown_layout(&self) -> Layout {
+        let buckets = Layout::for_numbers(self.len, GROWN_LOAD).buckets;
+        Layout::of(buckets.max(self.layout.buckets + self.layout.buckets / 8 + 1))
+    }
+
+    /// Whether so many keys overflowed while a grown copy is built that inserts should wait for it.
+    fn is_crowded(&self) -> bool {
+        self.crowded > 1024 + self.len / 64
     }
 
     fn set_key(&mut self, key: Key, value: u64) {
@@ -479,11 +486,80 @@ pub struct SlotsHeader {
     pub checksum: u64,
 }
 
+/// Buckets copied into a grown table per read lock, so that inserts wait for one chunk at most.
+const GROWTH_CHUNK: usize = 1 << 16;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The numbers that have records, each with its [`Memo`], shared by every request.
+///
+/// When the table must grow, a bigger copy is built on a thread of its own, a chunk of buckets
+/// per read lock, while checks read and inserts write the current table (which always holds
+/// everything); inserts made meanwhile are kept in a journal and applied to the copy at the swap.
+/// So neither checks nor the writer wait for a growth, which at 1.4 billion numbers takes minutes;
+/// only an insert that finds the current table overflowing by more than 1/64 waits for the copy.
 pub struct RecordIndex {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     table: RwLock<Table>,
-    /// Serialises inserts, so that a grown copy can be built outside the table's write lock.
+    /// Serialises inserts with each other and with the swap of a grown copy.
     inserting: Mutex<()>,
+    /// While a grown copy is being built: every insert since it began, to apply to it at the swap.
+    journal: Mutex<Option<Vec<(u64, u64)>>>,
+    /// Signalled when a growth has ended.
+    grown: Condvar,
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.table
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        self.table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds a bigger copy of the table and puts it in its place, with the journal's inserts.
+    fn grow(&self) {
+        /// Ends the growth however the build ends, so that no insert waits on one that failed.
+        struct Ended<'i>(&'i Inner);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                *lock(&self.0.journal) = None;
+                self.0.grown.notify_all();
+            }
+        }
+        let _ended = Ended(self);
+        let (layout, buckets) = {
+            let table = self.read();
+            (table.grown_layout(), table.buckets.len())
+        };
+        let mut grown = Table::with_layout(layout);
+        let mut copy = |key, value| grown.set_key(key, value);
+        for start in (0..buckets).step_by(GROWTH_CHUNK) {
+            let range = start..(start + GROWTH_CHUNK).min(buckets);
+            self.read().for_each_in(range, &mut copy);
+        }
+        for (&key, &value) in &self.read().overflow {
+            grown.set_key(Key::Overflow(key), value);
+        }
+        let _only_inserter = lock(&self.inserting);
+        let mut table = self.write();
+        for (packed, value) in lock(&self.journal).take().unwrap_or_default() {
+            grown.set(packed, value);
+        }
+        *table = grown;
+    }
 }
 
 impl Default for RecordIndex {
@@ -502,15 +578,17 @@ impl RecordIndex {
 
     fn of(table: Table) -> Self {
         Self {
-            table: RwLock::new(table),
-            inserting: Mutex::new(()),
+            inner: Arc::new(Inner {
+                table: RwLock::new(table),
+                inserting: Mutex::new(()),
+                journal: Mutex::new(None),
+                grown: Condvar::new(),
+            }),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        self.table
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.inner.read()
     }
 
     /// The memo of a number with records; `None` is exact: the number has none.
@@ -546,34 +624,70 @@ impl RecordIndex {
             .collect()
     }
 
-    /// Sets the memos of numbers that have records, adding the numbers that are new.
-    ///
-    /// When the table must grow, the grown copy is built while readers go on reading the current
-    /// one; they wait only for the swap and the inserts themselves.
+    /// Sets the memos of numbers that have records, adding the numbers that are new: visible to
+    /// the next lookup when this returns. Starts a growth when the table is full (see
+    /// [`RecordIndex`]).
     pub fn insert(&self, memos: impl IntoIterator<Item = (CitizenNumber, Memo)>) {
         let values: Vec<(u64, u64)> = memos
             .into_iter()
             .map(|(number, memo)| (number.packed(), pack(memo)))
             .collect();
-        let _only_inserter = self
-            .inserting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let grown = {
-            let table = self.read();
-            table
-                .needs_growth_for(values.len())
-                .then(|| table.grown_for(values.len()))
+        self.wait_while_crowded();
+        let inner = &self.inner;
+        let _only_inserter = lock(&inner.inserting);
+        let needs_growth = {
+            let mut table = inner.write();
+            for &(packed, value) in &values {
+                table.set(packed, value);
+            }
+            table.needs_growth()
         };
-        let mut table = self
-            .table
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(grown) = grown {
-            *table = grown;
+        let mut journal = lock(&inner.journal);
+        match journal.as_mut() {
+            Some(journal) => journal.extend(values),
+            None if needs_growth => {
+                *journal = Some(Vec::new());
+                drop(journal);
+                let growing = Arc::clone(inner);
+                let spawned = std::thread::Builder::new()
+                    .name("index-growth".into())
+                    .spawn(move || growing.grow());
+                if spawned.is_err() {
+                    // No thread to spare: this insert grows the table itself.
+                    drop(_only_inserter);
+                    inner.grow();
+                }
+            }
+            None => {}
         }
-        for (packed, value) in values {
-            table.set(packed, value);
+    }
+
+    /// Waits while a growth runs and the current table overflows too much to take more.
+    fn wait_while_crowded(&self) {
+        loop {
+            let crowded = self.read().is_crowded();
+            let journal = lock(&self.inner.journal);
+            if !crowded || journal.is_none() {
+                return;
+            }
+            drop(
+                self.inner
+                    .grown
+                    .wait(journal)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+        }
+    }
+
+    /// Waits for a growth under way to end.
+    pub fn settle(&self) {
+        let mut journal = lock(&self.inner.journal);
+        while journal.is_some() {
+            journal = self
+                .inner
+                .grown
+                .wait(journal)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 
@@ -683,10 +797,11 @@ mod tests {
     }
 
     fn newest(day: i64, expiry: Expiry) -> Memo {
-        Memo::Newest {
-            issued: date!(2010 - 03 - 01) + time::Duration::days(day),
-            expiry,
-        }
+        at(date!(2010 - 03 - 01) + time::Duration::days(day), expiry)
+    }
+
+    fn at(issued: Date, expiry: Expiry) -> Memo {
+        Memo::Newest { issued, expiry }
     }
 
     #[test]
@@ -705,68 +820,25 @@ mod tests {
 
     #[test]
     fn a_memo_packs_into_18_bits_exactly_or_becomes_consult() {
-        let issued = date!(2012 - 02 - 29);
+        let leap = date!(2012 - 02 - 29);
+        // Each memo, and whether the index keeps it as it is (or as "consult the store").
         let cases = [
-            (Memo::NothingInForce, Memo::NothingInForce),
-            (Memo::Consult, Memo::Consult),
-            (newest(0, Expiry::Unknown), newest(0, Expiry::Unknown)),
-            (newest(7, Expiry::Long), newest(7, Expiry::Long)),
-            (
-                Memo::Newest {
-                    issued,
-                    expiry: Expiry::On(date!(2022 - 02 - 28)),
-                },
-                Memo::Newest {
-                    issued,
-                    expiry: Expiry::On(date!(2022 - 02 - 28)),
-                },
-            ),
-            (
-                Memo::Newest {
-                    issued,
-                    expiry: Expiry::On(date!(2032 - 02 - 29)),
-                },
-                Memo::Newest {
-                    issued,
-                    expiry: Expiry::On(date!(2032 - 02 - 29)),
-                },
-            ),
-            (
-                Memo::Newest {
-                    issued,
-                    expiry: Expiry::On(date!(2022 - 03 - 01)),
-                },
-                Memo::Consult,
-            ),
-            (
-                Memo::Newest {
-                    issued: date!(1989 - 12 - 31),
-                    expiry: Expiry::Long,
-                },
-                Memo::Consult,
-            ),
-            (
-                Memo::Newest {
-                    issued: date!(2079 - 09 - 18),
-                    expiry: Expiry::Long,
-                },
-                Memo::Newest {
-                    issued: date!(2079 - 09 - 18),
-                    expiry: Expiry::Long,
-                },
-            ),
-            (
-                Memo::Newest {
-                    issued: date!(2079 - 09 - 19),
-                    expiry: Expiry::Long,
-                },
-                Memo::Consult,
-            ),
+            (Memo::NothingInForce, true),
+            (Memo::Consult, true),
+            (newest(0, Expiry::Unknown), true),
+            (newest(7, Expiry::Long), true),
+            (at(leap, Expiry::On(date!(2022 - 02 - 28))), true),
+            (at(leap, Expiry::On(date!(2032 - 02 - 29))), true),
+            (at(leap, Expiry::On(date!(2022 - 03 - 01))), false),
+            (at(date!(1989 - 12 - 31), Expiry::Long), false),
+            (at(date!(2079 - 09 - 18), Expiry::Long), true),
+            (at(date!(2079 - 09 - 19), Expiry::Long), false),
         ];
         for (memo, kept) in cases {
             let packed = pack(memo);
             assert!(packed < 1 << VALUE_BITS && packed >> DAY_BITS != CLASS_EMPTY);
-            assert_eq!(unpack(packed), kept, "{memo:?}");
+            let expected = if kept { memo } else { Memo::Consult };
+            assert_eq!(unpack(packed), expected, "{memo:?}");
         }
     }
 
@@ -792,6 +864,11 @@ mod tests {
         let numbers: Vec<CitizenNumber> = (29_990..60_010).map(number).chain([odd]).collect();
         let one_by_one: Vec<Option<Memo>> = numbers.iter().map(|&n| index.get(n)).collect();
         assert_eq!(index.get_many(&numbers), one_by_one);
+        // The same once every growth has swapped its copy in.
+        index.settle();
+        assert_eq!(index.len(), 60_001);
+        assert_eq!(index.get_many(&numbers), one_by_one);
+        assert!(index.table_bytes() as f64 / 60_001.0 < 16.0);
     }
 
     #[test]
