@@ -38,7 +38,8 @@ cd "$(dirname "$0")/.."
 # Redis among them.
 .ci/prereqs
 
-cargo build --release --quiet
+# Built as the Makefile builds it (`cargo test --no-run`), so that both share one build.
+cargo test --release --no-run --quiet
 empty=$(cargo bench --bench empty_server --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for line in sys.stdin:

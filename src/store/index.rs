@@ -32,8 +32,9 @@
 //!
 //! Sized for them, `B` = 1.4e9 / (13 * 0.88) = 1.22e8 buckets, so `ceil(2^46 / B)` = 574,860 and
 //! `k` = 20: a slot is 20 + 1 + 18 = 39 bits, 13 slots to a 512-bit bucket, 7.8 GB in all, 5.6
-//! bytes per citizen. The table grows by rebuilding at 95% full to 85% full (by about 1.12x), so
-//! between growths it stays within 5.2 and 5.8 bytes per citizen at this size. The information
+//! bytes per citizen. The table grows at 95% full to 85% full (by about 1.12x), so between
+//! growths it stays within 5.2 and 5.8 bytes per citizen at this size; a growth holds the old
+//! table and the new for its duration (see [`RecordIndex`]). The information
 //! limit for the keys alone is about log2(C(2^45.4, 1.4e9)) / 1.4e9 = 16.5 bits per citizen, for
 //! the memo about 17; a slot's 39 bits are within 6 of that. `benches/index.rs` measures it.
 

@@ -30,9 +30,12 @@ impl Collected {
             .db
             .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
             .unwrap_or(0);
+        // At most every stored number and one per new entry: sized so, the index does not grow
+        // while it is built (a growth copies every number again).
+        let numbers = usize::try_from(estimate).unwrap_or(0) + entries.len() as usize;
         let mut stored = StoredCitizens {
             keys: self.db.raw_iterator_cf(cf),
-            index: RecordIndex::with_capacity(usize::try_from(estimate).unwrap_or(0)),
+            index: RecordIndex::with_capacity(numbers),
             indexed: Vec::with_capacity(4096),
         };
         stored.keys.seek_to_first();
