@@ -494,9 +494,13 @@ impl Application {
 /// `idguard serve`: builds the service, announces its addresses, and serves until SIGINT or
 /// SIGTERM (a signal while the registry opens stops it at once).
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    // One listener for both phases: a signal stream only sees signals sent after it was made, so
+    // a second one made after the announcement would miss a SIGTERM sent as soon as it is read.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let application = tokio::select! {
         application = Application::build(&config) => application?,
-        () = shutdown_signal() => return Ok(()),
+        () = &mut shutdown => return Ok(()),
     };
     // Fixed lines on stdout, so scripts and tests can find ports chosen by the kernel: written
     // at once, since a reader may stop reading after the first. A closed stdout stops nothing.
@@ -514,7 +518,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         tracing::warn!(%error, "cannot write the addresses on stdout");
     }
     tracing::info!(address = %application.address(), "serving");
-    application.run_until(shutdown_signal()).await
+    application.run_until(shutdown).await
 }
 
 /// How long a stopping server waits for calls in flight before it exits regardless.
