@@ -42,11 +42,11 @@ pub fn start_of_day(day: Date) -> OffsetDateTime {
 
 /// Whether `code` is a province-level division code (`DOMAIN.md` §1).
 pub fn is_province_code(code: u8) -> bool {
-    PROVINCE_CODES.contains(&code)
+    province_ordinal(u64::from(code)).is_some()
 }
 
 /// How many province-level codes there are: see [`province_ordinal`].
-pub const PROVINCES: usize = PROVINCE_CODES.len();
+pub const PROVINCE_COUNT: usize = PROVINCE_CODES.len();
 
 /// Each two-digit code's place in [`PROVINCE_CODES`], or `u8::MAX`: a table, since the in-memory
 /// index asks it of every number checked.
@@ -60,7 +60,7 @@ const PROVINCE_ORDINALS: [u8; 100] = {
     ordinals
 };
 
-/// The place of a province-level code among all of them (below [`PROVINCES`]), if it is one.
+/// The place of a province-level code among all of them (below [`PROVINCE_COUNT`]), if it is one.
 pub fn province_ordinal(code: u64) -> Option<u64> {
     PROVINCE_ORDINALS
         .get(usize::try_from(code).ok()?)

@@ -45,7 +45,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use time::{Date, macros::date};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::card::{CitizenNumber, Expiry, PROVINCES, province_ordinal, years_after};
+use crate::card::{CitizenNumber, Expiry, PROVINCE_COUNT, province_ordinal, years_after};
 use crate::registry::Memo;
 
 /// Ranks are below `2^RANK_BITS`: see the module doc.
@@ -96,7 +96,7 @@ fn rank(packed: u64) -> Option<u64> {
     Some((division_code * BIRTH_CODES + birth_code) * 1000 + sequence)
 }
 
-const _: () = assert!((PROVINCES as u64 * 10_000 * BIRTH_CODES * 1000) <= 1 << RANK_BITS);
+const _: () = assert!((PROVINCE_COUNT as u64 * 10_000 * BIRTH_CODES * 1000) <= 1 << RANK_BITS);
 
 /// A bijection of `[0, 2^46)`: each round multiplies by an odd constant and xor-shifts, both
 /// invertible modulo `2^46`, so distinct ranks give distinct hashes.
