@@ -526,6 +526,10 @@ fn family_options(cache: &Cache) -> Options {
     let mut family = Options::default();
     family.set_block_based_table_factory(&table);
     family.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // zstd where nearly all the data lies and is rarely rewritten: the bottommost level, and the
+    // import's SSTs (ingested there). At 5M citizens it stores 74 bytes per citizen against LZ4's
+    // 109, for about a quarter more import time; upper levels, rewritten soon, keep LZ4's speed.
+    family.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
     family
 }
 

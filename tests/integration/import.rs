@@ -396,3 +396,32 @@ fn an_import_killed_while_ingesting_is_completed_at_the_next_open() {
     }
     eprintln!("{interrupted} of the kills interrupted an ingestion that the next open completed");
 }
+
+/// The imported SSTs are the bottommost level's, compressed with zstd as that level is
+/// (`store::family_options`), not with the upper levels' LZ4.
+#[test]
+fn imported_tables_are_compressed_with_zstd() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("generated.csv");
+    write_csv(&generated, &Generator::new(3, AS_OF), 2000);
+    let data_dir = dir.path().join("data");
+    let output = import(&data_dir, &[&generated], &dir.path().join("rejects.txt"));
+    assert!(output.status.success(), "{output:?}");
+    let tables: Vec<PathBuf> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sst"))
+        .collect();
+    assert!(!tables.is_empty());
+    for table in tables {
+        // A table's properties block, stored uncompressed, names its compression.
+        let bytes = std::fs::read(&table).unwrap();
+        let names = |name: &[u8]| bytes.windows(name.len()).any(|window| window == name);
+        assert!(names(b"rocksdb.compression"), "{}", table.display());
+        assert!(
+            names(b"ZSTD") && !names(b"LZ4"),
+            "{} is not zstd",
+            table.display()
+        );
+    }
+}

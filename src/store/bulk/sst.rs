@@ -6,8 +6,12 @@ use rocksdb::{Options, SstFileWriter};
 
 use crate::store::StoreError;
 
-/// SST files are cut at about this size.
-const SST_FILE_BYTES: u64 = 512 << 20;
+/// SST files are cut at about this size: RocksDB's target file size (`target_file_size_base`,
+/// 64 MiB), the size its own compactions write. Numbers and ids are spread evenly over the key
+/// space, so a compaction of live writes into the imported level rewrites every imported file a
+/// file above overlaps; at this size that is a few hundred megabytes at a time, where files of
+/// 512 MiB each would rewrite one or two of them, up to a gigabyte at a time.
+const SST_FILE_BYTES: u64 = 64 << 20;
 
 /// SST files of one column family, cut at [`SST_FILE_BYTES`]; keys must come in order.
 pub(super) struct SstFiles<'a> {
