@@ -187,6 +187,37 @@ impl Bucket {
     }
 }
 
+/// `count` empty buckets, on huge pages where the kernel offers them (`madvise` mode): at
+/// national size a lookup's two random buckets would otherwise cost two TLB misses beside their
+/// two cache misses, as 4 KiB pages' translations do not fit the TLB's few thousand entries.
+fn empty_buckets(count: usize) -> Vec<Bucket> {
+    let mut buckets = Vec::with_capacity(count);
+    // Advised before the pages are first touched, so that the faults that fill them take huge ones.
+    advise_huge_pages(buckets.spare_capacity_mut());
+    buckets.resize(count, Bucket::default());
+    buckets
+}
+
+/// Asks the kernel to back the whole 2 MiB pages within `memory` with huge pages.
+fn advise_huge_pages<T>(memory: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE_PAGE: usize = 2 << 20;
+        let start = memory.as_mut_ptr() as usize;
+        let (first, end) = (
+            start.next_multiple_of(HUGE_PAGE),
+            (start + std::mem::size_of_val(memory)) / HUGE_PAGE * HUGE_PAGE,
+        );
+        if first < end {
+            // SAFETY: advice about whole pages inside the allocation `memory` borrows; madvise
+            // neither reads nor writes them. A kernel without huge pages refuses it, harmlessly.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = memory;
+}
+
 /// Where a key's slot is in one bucket, or why it is not there.
 enum InBucket {
     Found(u32),
@@ -303,7 +334,7 @@ impl Table {
     fn with_layout(layout: Layout) -> Self {
         Self {
             layout,
-            buckets: vec![Bucket::default(); layout.buckets as usize],
+            buckets: empty_buckets(layout.buckets as usize),
             len: 0,
             overflow: HashMap::new(),
             crowded: 0,
