@@ -11,6 +11,9 @@
 # Usage: benches/compare.sh
 #   (defaults: COUNT=10000000 QUERIES=1000000 RUN_SECONDS=10 WORKERS=32 WORK=/tmp/idguard-compare
 #   WORKLOAD=default; the data is generated and imported once per WORKLOAD and COUNT, then reused)
+# PIPE_EVENTS=1: the generator writes the export into a FIFO the import reads, so that the export
+#   never takes disk beside the import's work dir (200M citizens here). No export is kept, so the
+#   Redis rows, which load their set from it, are left out.
 # WORKLOAD=default: COUNT events, and checks of which 99% present a number with no record.
 # WORKLOAD=national: COUNT citizens at national steady state (`idguard gen --national`: every
 #   current card issued), and checks of which 99.99% present a citizen's current card.
@@ -52,10 +55,21 @@ mkdir -p "$WORK"
 
 peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
-if [ ! -f "$WORK/events.csv" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$WORKLOAD $COUNT" ]; then
-    rm -rf "$WORK/data"
-    "$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries "$QUERIES" "${workload_flags[@]}"
-    "$idguard" import "$WORK/events.csv" --data-dir "$WORK/data" --rejects "$WORK/rejects"
+if [ ! -d "$WORK/data" ] || [ "$(cat "$WORK/count" 2>/dev/null)" != "$WORKLOAD $COUNT" ]; then
+    rm -rf "$WORK/data" "$WORK/events.csv"
+    gen=("$idguard" gen --out "$WORK" --count "$COUNT" --format csv --queries "$QUERIES" "${workload_flags[@]}")
+    import=("$idguard" import "$WORK/events.csv" --data-dir "$WORK/data" --rejects "$WORK/rejects")
+    if [ "${PIPE_EVENTS:-0}" = 1 ]; then
+        mkfifo "$WORK/events.csv"
+        "${gen[@]}" &
+        gen_pid=$!
+        "${import[@]}"
+        wait "$gen_pid"
+        rm "$WORK/events.csv"
+    else
+        "${gen[@]}"
+        "${import[@]}"
+    fi
     echo "$WORKLOAD $COUNT" > "$WORK/count"
 fi
 
@@ -82,7 +96,10 @@ bench empty-batch "http://$address" batch
 bench empty-stream "http://$address" stream
 kill "$pid"
 
-# Redis: the same invalid cards (lost, stolen, revoked), as `id_number:issue_date` members.
+# Redis: the same invalid cards (lost, stolen, revoked), as `id_number:issue_date` members,
+# loaded from the export; left out when none is kept (PIPE_EVENTS=1).
+redis_rss=- redis_members=-
+measure_redis() {
 redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
 redis_pid=$!
@@ -112,6 +129,8 @@ redis-benchmark -p "$redis_port" -c "$WORKERS" -n $((requests * 10)) -r 10000000
     SISMEMBER invalid "44030519800101__rand_int__:20150101" > "$WORK/redis-pipelined.csv"
 redis_rss=$(peak_rss_mb "$redis_pid")
 redis_members=$(redis-cli -p "$redis_port" scard invalid)
+}
+if [ -f "$WORK/events.csv" ]; then measure_redis; fi
 
 python3 - "$WORK" "$idguard_rss" "$redis_rss" "$redis_members" "$COUNT" "$WORKLOAD" <<'PY'
 import csv, json, sys
@@ -126,17 +145,21 @@ modes = ("unary", "unary-half", "batch", "stream")
 label = {"unary-half": "unary at half load"}
 rows = [(f"empty handler, {label.get(m, m)}", ours(f"empty-{m}")) for m in modes]
 rows += [(f"idguard, {label.get(m, m)}", ours(f"idguard-{m}")) for m in modes]
-rows += [(f"Redis SISMEMBER, {m}", redis(m)) for m in ("unpipelined", "pipelined")]
+with_redis = members != "-"
+if with_redis:
+    rows += [(f"Redis SISMEMBER, {m}", redis(m)) for m in ("unpipelined", "pipelined")]
 table = dict(rows)
 sized = "citizens at national steady state" if workload == "national" else "events"
-print(f"{workload} workload: {count} {sized}, {members} invalid cards in Redis; p99 is per call (a batch is 1,000 checks)")
+in_redis = f"{members} invalid cards in Redis" if with_redis else "no export kept, so no Redis"
+print(f"{workload} workload: {count} {sized}, {in_redis}; p99 is per call (a batch is 1,000 checks)")
 print(f"{'':36} {'checks/s':>12} {'p99 ms':>9}")
 for name, (rate, p99) in rows:
     print(f"{name:36} {rate:12.0f} {p99:9.2f}")
 for m in ("unary", "batch", "stream"):
     print(f"idguard / empty handler, {m}: {table[f'idguard, {m}'][0] / table[f'empty handler, {m}'][0]:.2f}")
-for m in ("batch", "stream"):
-    print(f"idguard {m} / Redis pipelined: {table[f'idguard, {m}'][0] / table['Redis SISMEMBER, pipelined'][0]:.2f}")
-print(f"idguard unary / Redis unpipelined: {table['idguard, unary'][0] / table['Redis SISMEMBER, unpipelined'][0]:.2f}")
-print(f"peak RSS: idguard {idguard_rss} MB, Redis {redis_rss} MB")
+if with_redis:
+    for m in ("batch", "stream"):
+        print(f"idguard {m} / Redis pipelined: {table[f'idguard, {m}'][0] / table['Redis SISMEMBER, pipelined'][0]:.2f}")
+    print(f"idguard unary / Redis unpipelined: {table['idguard, unary'][0] / table['Redis SISMEMBER, unpipelined'][0]:.2f}")
+print(f"peak RSS: idguard {idguard_rss} MB" + (f", Redis {redis_rss} MB" if with_redis else ""))
 PY
