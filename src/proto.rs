@@ -87,7 +87,6 @@ pub fn malformed_response(error: &FieldError, sequence: u64) -> v1::CheckRespons
     }
 }
 
-/// The wire form of a reason.
 /// The kind of a recorded event, as the rules name it.
 pub fn event_kind(kind: &v1::registry_event::Kind) -> Kind {
     use v1::registry_event::Kind as Wire;
@@ -101,6 +100,7 @@ pub fn event_kind(kind: &v1::registry_event::Kind) -> Kind {
     }
 }
 
+/// The wire form of a reason.
 pub fn wire_reason(reason: Reason) -> v1::Reason {
     match reason {
         Reason::FirstGeneration => v1::Reason::FirstGeneration,
