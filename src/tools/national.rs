@@ -7,9 +7,11 @@
 //! it revoked; 0.6% were cancelled (deaths and the like); 0.005% lost the current card and the
 //! report was withdrawn. So about 1.018 events per citizen.
 //!
-//! The workload presents a citizen's current card with probability `current_fraction` (99.99% by
-//! default), and otherwise a card that should be refused: an older card (superseded, or lost or
-//! stolen as reported), or the current card of a citizen with an invalidation or cancellation.
+//! The workload presents a citizen's current card, in force, with probability `current_fraction`
+//! (99.99% by default), and otherwise a card that should be refused: an older card (superseded, or
+//! lost or stolen as reported), or the current card of a citizen with an invalidation or
+//! cancellation. So, as at a bank counter, about one check in 10,000 is refused, and a hit (which
+//! the hit log records durably before the answer) is rarer still.
 //! Citizen `c`'s records and query `q` are pure functions of the seed, the day and `c` or `q`.
 
 use std::io::{self, Write};
@@ -109,6 +111,15 @@ impl Population {
         Story::OnlyIssued
     }
 
+    /// Whether citizen `c`'s current card is valid: no loss, theft or revocation of it in force,
+    /// and the citizen not cancelled.
+    fn current_card_in_force(&self, c: u64) -> bool {
+        matches!(
+            self.story(c),
+            Story::OnlyIssued | Story::OlderLost | Story::OlderStolen | Story::CurrentLossWithdrawn
+        )
+    }
+
     fn report_id(&self, c: u64, what: &str) -> String {
         format!("n{:x}-{c}-{what}", self.generator.seed())
     }
@@ -202,7 +213,12 @@ impl Population {
         let current =
             ((generator.draw(q, 201) % 1_000_000) as f64) < current_fraction * 1_000_000.0;
         let card = if current {
-            self.current_card(c)
+            // The next citizen whose current card is in force: a cancelled citizen's card, or a
+            // current card lost, stolen or revoked, is among the refusals below.
+            let in_force = (c..c + 20_000)
+                .map(|c| c % self.citizens)
+                .find(|&c| self.current_card_in_force(c));
+            self.current_card(in_force.unwrap_or(c))
         } else {
             // The next citizen with a story makes the refusal; failing that, an older card.
             (c..c + 20_000)
@@ -295,13 +311,25 @@ mod tests {
     #[test]
     fn the_workload_presents_current_cards_in_the_chosen_fraction() {
         let population = population();
+        // Whether query `q` presents the current card, in force, of its citizen or of the next
+        // citizen with one.
         let current = |q: u64, fraction| {
             let query = population.query(q, fraction);
-            let c = population.generator.draw(q, 200) % population.citizens;
+            let drawn = population.generator.draw(q, 200) % population.citizens;
+            let c = (drawn..)
+                .find(|&c| population.current_card_in_force(c))
+                .unwrap_or(drawn);
             let card = population.current_card(c);
             query.id_number == card.number && query.issue_date == format_date(card.issued)
         };
         assert!((0..2000).all(|q| current(q, 1.0)));
+        let not_in_force = (0..200_000)
+            .filter(|&c| !population.current_card_in_force(c))
+            .count();
+        assert!(
+            (1_000..1_700).contains(&not_in_force),
+            "{not_in_force} of 200,000 current cards are not in force"
+        );
         let refused = (0..2000).filter(|&q| !current(q, 0.0)).count();
         assert!(refused > 1900, "{refused} of 2000 present another card");
     }
