@@ -25,14 +25,10 @@ WORKERS=${WORKERS:-32}
 ROUNDS=${ROUNDS:-2}
 MODES=${MODES:-unary batch stream}
 WORKLOAD=${WORKLOAD:-default}
-case "$WORKLOAD" in
-    default) workload_flags=(--hit-fraction 0.01) ;;
-    national) workload_flags=(--national) ;;
-    *) echo "WORKLOAD must be default or national, not $WORKLOAD" >&2; exit 2 ;;
-esac
+. "$(dirname "$0")/server.sh"
+set_workload_flags "$WORKLOAD" || exit 2
 WORK=${WORK:-/tmp/idguard-before-after/$WORKLOAD}
 mkdir -p "$WORK"
-. "$(dirname "$0")/server.sh"
 
 if [ "$(cat "$WORK/count" 2>/dev/null)" != "$COUNT" ]; then
     rm -rf "$WORK"/data-*
@@ -69,13 +65,14 @@ done
 python3 - "$WORK" "$ROUNDS" "$COUNT" "$WORKLOAD" $MODES <<'PY'
 import json, sys
 work, rounds, count, workload, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+def load(which, mode, r):
+    return json.load(open(f"{work}/{which}-{mode}-{r}.json"))[0]
 def report(which, mode, r):
-    data = json.load(open(f"{work}/{which}-{mode}-{r}.json"))[0]
+    data = load(which, mode, r)
     return data["checks_per_second"], data["p99_us"] / 1000
 def server(which, mode, r):
-    data = json.load(open(f"{work}/{which}-{mode}-{r}.json"))[0]
     ticks, per_second, hwm_kb = map(int, open(f"{work}/{which}-{mode}-{r}.server").read().split())
-    return ticks / per_second * 1e6 / max(data["checks"], 1), hwm_kb / 1024
+    return ticks / per_second * 1e6 / max(load(which, mode, r)["checks"], 1), hwm_kb / 1024
 print(f"{count} ({workload}); checks/s (p99 ms per call) of the old and the new binary, alternating")
 print(f"{'mode':8} {'round':>5} {'old':>22} {'new':>22} {'new / old':>10}")
 for mode in modes:

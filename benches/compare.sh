@@ -27,11 +27,9 @@ SECONDS_PER_RUN=${RUN_SECONDS:-10}
 WORKERS=${WORKERS:-32}
 WORK=${WORK:-/tmp/idguard-compare}
 read -ra workloads <<< "${WORKLOAD:-default national}"
+. "$(dirname "$0")/server.sh"
 for workload in "${workloads[@]}"; do
-    case "$workload" in
-        default | national) ;;
-        *) echo "WORKLOAD must list default and/or national, not $workload" >&2; exit 2 ;;
-    esac
+    set_workload_flags "$workload" || exit 2
 done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/idguard/target}
 # Run by `cargo test` (tests/integration/compare.rs), the script inherits what cargo sets for a
@@ -54,7 +52,6 @@ for line in sys.stdin:
         print(m["executable"])')
 idguard=$CARGO_TARGET_DIR/release/idguard
 mkdir -p "$WORK"
-. "$(dirname "$0")/server.sh"
 
 peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -62,10 +59,7 @@ peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 # measurement on it, and leaves the reports in $dir and the peak RSS figures in $dir/rss.
 measure() {
 local workload=$1 dir=$WORK/$1 workload_flags
-case "$workload" in
-    default) workload_flags=(--hit-fraction 0.01) ;;
-    national) workload_flags=(--national) ;;
-esac
+set_workload_flags "$workload"
 mkdir -p "$dir"
 if [ ! -d "$dir/data" ] || [ "$(cat "$dir/count" 2>/dev/null)" != "$COUNT" ]; then
     rm -rf "$dir/data" "$dir/events.csv"

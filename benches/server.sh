@@ -1,5 +1,5 @@
-# Sourced by the bench scripts: starts servers that print "listening on ADDR", and kills every
-# one still running when the script exits.
+# Sourced by the bench scripts: starts servers that print "listening on ADDR", kills every one
+# still running when the script exits, and names the `idguard gen` flags of each check workload.
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -21,3 +21,13 @@ start() {
 
 # Stops the server `start` last started.
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+
+# Sets the array workload_flags to the `idguard gen` flags of workload $1: `default` (events, 1% of
+# checks hit) or `national` (citizens at national steady state); fails on any other name.
+set_workload_flags() {
+    case "$1" in
+        default) workload_flags=(--hit-fraction 0.01) ;;
+        national) workload_flags=(--national) ;;
+        *) echo "a workload is default or national, not $1" >&2; return 2 ;;
+    esac
+}
