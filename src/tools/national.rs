@@ -31,6 +31,10 @@ const REGIONS: u64 = PROVINCES.len() as u64 * 20 * 30;
 /// Birth days per region and sequence: from 1930, about 93 years.
 const BIRTH_DAYS: u64 = 34_000;
 
+/// How many citizens a query looks through for one of the kind it presents: far more than the
+/// stories' rates need, and bounded however small the population.
+const QUERY_LOOKAHEAD: u64 = 20_000;
+
 /// What happened to a citizen beyond the current card's issuance, per 100,000 citizens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Story {
@@ -118,6 +122,12 @@ impl Population {
             self.story(c),
             Story::OnlyIssued | Story::OlderLost | Story::OlderStolen | Story::CurrentLossWithdrawn
         )
+    }
+
+    /// Citizen `c` and those after it, wrapping around the population: where a query looks for
+    /// a citizen of the kind it presents, as far as [`QUERY_LOOKAHEAD`].
+    fn citizens_from(&self, c: u64) -> impl Iterator<Item = u64> + '_ {
+        (c..c + QUERY_LOOKAHEAD).map(|c| c % self.citizens)
     }
 
     fn report_id(&self, c: u64, what: &str) -> String {
@@ -215,14 +225,13 @@ impl Population {
         let card = if current {
             // The next citizen whose current card is in force: a cancelled citizen's card, or a
             // current card lost, stolen or revoked, is among the refusals below.
-            let in_force = (c..c + 20_000)
-                .map(|c| c % self.citizens)
+            let in_force = self
+                .citizens_from(c)
                 .find(|&c| self.current_card_in_force(c));
             self.current_card(in_force.unwrap_or(c))
         } else {
             // The next citizen with a story makes the refusal; failing that, an older card.
-            (c..c + 20_000)
-                .map(|c| c % self.citizens)
+            self.citizens_from(c)
                 .find_map(|c| match self.story(c) {
                     Story::OlderLost | Story::OlderStolen => self.older_card(c),
                     Story::OnlyIssued | Story::CurrentLossWithdrawn => None,
@@ -311,17 +320,17 @@ mod tests {
     #[test]
     fn the_workload_presents_current_cards_in_the_chosen_fraction() {
         let population = population();
-        // Whether query `q` presents the current card, in force, of its citizen or of the next
-        // citizen with one.
+        // Every citizen's current card, by number.
+        let citizens: std::collections::HashMap<String, u64> = (0..200_000)
+            .map(|c| (population.current_card(c).number, c))
+            .collect();
+        // Whether query `q` presents the current card, in force, of some citizen.
         let current = |q: u64, fraction| {
             let query = population.query(q, fraction);
-            let drawn = population.generator.draw(q, 200) % population.citizens;
-            let c = (drawn..drawn + 20_000)
-                .map(|c| c % population.citizens)
-                .find(|&c| population.current_card_in_force(c))
-                .unwrap_or(drawn);
-            let card = population.current_card(c);
-            query.id_number == card.number && query.issue_date == format_date(card.issued)
+            citizens.get(&query.id_number).is_some_and(|&c| {
+                population.current_card_in_force(c)
+                    && query.issue_date == format_date(population.current_card(c).issued)
+            })
         };
         assert!((0..2000).all(|q| current(q, 1.0)));
         let not_in_force = (0..200_000)
