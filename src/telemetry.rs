@@ -269,23 +269,68 @@ pub mod metrics {
         }
     }
 
+    /// The methods with a label of their own besides this server's: health and reflection.
+    const STANDARD_METHODS: [&str; 4] = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    /// Method labels: every method with its own, then `other`.
+    const METHOD_SLOTS: usize = crate::proto::RPC_METHODS.len() + STANDARD_METHODS.len() + 1;
+
+    /// The slot of the RPC's method label: one per method this server implements, and one,
+    /// `other`, for every other path.
+    fn method_slot(path: &str) -> usize {
+        crate::proto::RPC_METHODS
+            .iter()
+            .chain(&STANDARD_METHODS)
+            .position(|method| *method == path)
+            .unwrap_or(METHOD_SLOTS - 1)
+    }
+
     /// The RPC's method as a label: the path of a method this server implements, else `other`,
     /// so that invented paths (which any caller can send, credentials or not) cannot grow the
     /// label set.
     pub fn method_label(path: &str) -> &'static str {
-        const STANDARD: [&str; 4] = [
-            "/grpc.health.v1.Health/Check",
-            "/grpc.health.v1.Health/Watch",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        ];
+        slot_label(method_slot(path))
+    }
+
+    fn slot_label(slot: usize) -> &'static str {
         crate::proto::RPC_METHODS
             .iter()
-            .chain(&STANDARD)
-            .find(|method| **method == path)
+            .chain(&STANDARD_METHODS)
+            .nth(slot)
             .copied()
             .unwrap_or("other")
     }
+
+    /// The handles of one metric, one per label set, each registered with the recorder the first
+    /// time it is used and then kept. A labelled `metrics::counter!` builds its key (a vector of
+    /// labels) and looks it up in the recorder's map on every use; on a unary check that made three
+    /// look-ups. Registered on first use, not up front, so that only the label sets in use appear
+    /// in the exposition. The first use must come after [`install`]: a handle registered before
+    /// any recorder stays a no-op (the server installs it before it serves).
+    pub struct Handles<T, const N: usize>([std::sync::OnceLock<T>; N]);
+
+    impl<T: Clone, const N: usize> Handles<T, N> {
+        pub const fn new() -> Self {
+            Self([const { std::sync::OnceLock::new() }; N])
+        }
+
+        /// The handle of label set `slot`, which `register` registers.
+        pub fn get(&self, slot: usize, register: impl FnOnce() -> T) -> T {
+            match self.0.get(slot) {
+                Some(cell) => cell.get_or_init(register).clone(),
+                None => register(),
+            }
+        }
+    }
+
+    /// Status codes, 0 to 16.
+    const CODES: usize = tonic::Code::Unauthenticated as usize + 1;
+    static RPC_LATENCY: Handles<metrics::Histogram, METHOD_SLOTS> = Handles::new();
+    static RPC_REQUESTS: Handles<metrics::Counter, { METHOD_SLOTS * CODES }> = Handles::new();
 
     /// A status code's label: its name as tonic spells it (`Ok`, `InvalidArgument`), without
     /// formatting a string on every call.
@@ -348,15 +393,24 @@ pub mod metrics {
 
         fn call(&mut self, request: http::Request<B>) -> Self::Future {
             let mut inner = crate::connection::take_ready(&mut self.inner);
-            let method = method_label(request.uri().path());
+            let slot = method_slot(request.uri().path());
             let started = Instant::now();
             Box::pin(async move {
                 let response = inner.call(request).await?;
-                let code =
-                    code_label(super::grpc_status(response.headers()).unwrap_or(tonic::Code::Ok));
-                metrics::histogram!("idguard_rpc_latency_seconds", "method" => method)
+                let code = super::grpc_status(response.headers()).unwrap_or(tonic::Code::Ok);
+                RPC_LATENCY
+                    .get(slot, || {
+                        metrics::histogram!("idguard_rpc_latency_seconds", "method" => slot_label(slot))
+                    })
                     .record(started.elapsed().as_secs_f64());
-                metrics::counter!("idguard_rpc_requests_total", "method" => method, "code" => code)
+                RPC_REQUESTS
+                    .get(slot * CODES + code as usize, || {
+                        metrics::counter!(
+                            "idguard_rpc_requests_total",
+                            "method" => slot_label(slot),
+                            "code" => code_label(code)
+                        )
+                    })
                     .increment(1);
                 Ok(response)
             })
@@ -365,6 +419,38 @@ pub mod metrics {
 
     #[cfg(test)]
     mod tests {
+        /// Each method keeps its own label and its own handles; every other path shares `other`.
+        #[test]
+        fn every_method_has_its_own_slot_and_invented_paths_share_one() {
+            let methods = crate::proto::RPC_METHODS
+                .iter()
+                .chain(&super::STANDARD_METHODS);
+            for (expected, method) in methods.enumerate() {
+                assert_eq!(super::method_slot(method), expected);
+                assert_eq!(super::method_label(method), *method);
+            }
+            for invented in ["/idguard.v1.Verification/Nope", "/", ""] {
+                assert_eq!(super::method_slot(invented), super::METHOD_SLOTS - 1);
+                assert_eq!(super::method_label(invented), "other");
+            }
+        }
+
+        /// A kept handle is registered once; a slot past the table is registered every time.
+        #[test]
+        fn handles_are_registered_once_per_slot() {
+            let handles = super::Handles::<u32, 2>::new();
+            let registered = std::cell::Cell::new(0);
+            let register = || {
+                registered.set(registered.get() + 1);
+                registered.get()
+            };
+            assert_eq!(handles.get(1, register), 1);
+            assert_eq!(handles.get(1, register), 1);
+            assert_eq!(handles.get(0, register), 2);
+            assert_eq!(handles.get(2, register), 3);
+            assert_eq!(handles.get(2, register), 4);
+        }
+
         /// The labels stay those that dashboards and alerts already match (`code="Internal"`):
         /// the names tonic's `Debug` gives every code.
         #[test]

@@ -15,6 +15,7 @@ use crate::proto::{check_response, malformed_response, v1 as pb, wire_reason};
 use crate::registry::{Reason, Verdict};
 use crate::signing::{MAX_NONCE_BYTES, VerdictSigner};
 use crate::store::{Hit, Store, StoreError};
+use crate::telemetry::metrics::Handles;
 
 /// Verdicts a call signs on its reactor thread; more are signed off it.
 const SIGN_IN_PLACE: usize = 64;
@@ -99,6 +100,11 @@ fn disclose(response: &mut pb::CheckResponse, disclosure: Disclosure) {
     }
 }
 
+/// `idguard_checks_total`'s handles: valid, malformed, and invalid for each [`Reason`] (`Expired`
+/// last; a reason declared after it would still be counted, only not through a kept handle).
+static CHECKS: Handles<metrics::Counter, { 2 + Reason::Expired as usize + 1 }> = Handles::new();
+static HITS: Handles<metrics::Counter, 1> = Handles::new();
+
 /// A call's verdicts counted, for the caller's activity and the metrics: a handful of counter
 /// updates per call, not one per card.
 #[derive(Debug, Default)]
@@ -132,19 +138,29 @@ impl Tally {
         Activity::add(&activity.checks_invalid, invalid);
         Activity::add(&activity.checks_malformed, self.malformed);
         Activity::add(&activity.hits, self.hits);
-        let checks = |verdict: &'static str, reason: &'static str, count: u64| {
+        // Slots: valid, malformed, then invalid by reason.
+        let checks = |slot: usize, verdict: &'static str, reason: &'static str, count: u64| {
             if count > 0 {
-                metrics::counter!("idguard_checks_total", "verdict" => verdict, "reason" => reason)
+                CHECKS
+                    .get(slot, || {
+                        metrics::counter!(
+                            "idguard_checks_total",
+                            "verdict" => verdict,
+                            "reason" => reason
+                        )
+                    })
                     .increment(count);
             }
         };
-        checks("valid", "", self.valid);
-        checks("malformed", "", self.malformed);
+        checks(0, "valid", "", self.valid);
+        checks(1, "malformed", "", self.malformed);
         for (reason, count) in &self.invalid {
-            checks("invalid", wire_reason(*reason).as_str_name(), *count);
+            let label = wire_reason(*reason).as_str_name();
+            checks(2 + *reason as usize, "invalid", label, *count);
         }
         if self.hits > 0 {
-            metrics::counter!("idguard_hits_total").increment(self.hits);
+            HITS.get(0, || metrics::counter!("idguard_hits_total"))
+                .increment(self.hits);
         }
     }
 }
