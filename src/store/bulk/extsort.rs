@@ -37,7 +37,6 @@ pub struct Sorter {
 }
 
 /// Records as they are collected: their bytes in one arena, and an index to sort.
-#[derive(Default)]
 struct Buffer {
     arena: Vec<u8>,
     /// Per record: the first 8 key bytes (most comparisons end there) and its arena offset.
@@ -45,8 +44,9 @@ struct Buffer {
 }
 
 impl Buffer {
-    /// The memory one buffer of `budget` bytes may use (see [`Sorter::push`]), reserved at
-    /// once: untouched pages cost nothing until records reach them.
+    /// A buffer that holds `budget` bytes (arena and index together, see [`Sorter::push`])
+    /// without growing, for records of 16 bytes or more (an import's are 60 to 100): reserved
+    /// address space, whose pages cost nothing until records reach them.
     fn with_budget(budget: usize) -> Self {
         Self {
             arena: Vec::with_capacity(budget),

@@ -278,8 +278,7 @@ impl BulkLoad {
     }
 }
 
-/// Threads compressing each SST's blocks: one per core, RocksDB's own cap being what a file
-/// builder can keep busy.
+/// Threads compressing each SST's blocks: one per core.
 fn compression_threads() -> i32 {
     std::thread::available_parallelism().map_or(1, |cores| i32::try_from(cores.get()).unwrap_or(1))
 }
