@@ -311,15 +311,15 @@ pub mod metrics {
     /// look-ups. Registered on first use, not up front, so that only the label sets in use appear
     /// in the exposition. The first use must come after [`install`]: a handle registered before
     /// any recorder stays a no-op (the server installs it before it serves).
-    pub struct Handles<T, const N: usize>([std::sync::OnceLock<T>; N]);
+    pub(crate) struct Handles<T, const N: usize>([std::sync::OnceLock<T>; N]);
 
     impl<T: Clone, const N: usize> Handles<T, N> {
-        pub const fn new() -> Self {
+        pub(crate) const fn new() -> Self {
             Self([const { std::sync::OnceLock::new() }; N])
         }
 
         /// The handle of label set `slot`, which `register` registers.
-        pub fn get(&self, slot: usize, register: impl FnOnce() -> T) -> T {
+        pub(crate) fn get(&self, slot: usize, register: impl FnOnce() -> T) -> T {
             match self.0.get(slot) {
                 Some(cell) => cell.get_or_init(register).clone(),
                 None => register(),
