@@ -309,6 +309,9 @@ impl Layout {
     }
 }
 
+/// How many keys ahead a run of lookups or inserts asks for the buckets it will read.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Where a ranked key may be.
 #[derive(Clone, Copy)]
 struct Probe {
@@ -365,6 +368,29 @@ impl Table {
         let _ = probe;
     }
 
+    /// The probes of `packed` keys (`None` for a key kept in the overflow map), with the buckets
+    /// of the first few already asked for: see [`Table::prefetch_ahead`].
+    fn probes(&self, packed: impl Iterator<Item = u64>) -> Vec<Option<Probe>> {
+        let probes: Vec<Option<Probe>> = packed
+            .map(|packed| rank(packed).map(|rank| self.probe(scatter(rank))))
+            .collect();
+        probes
+            .iter()
+            .take(PREFETCH_AHEAD)
+            .flatten()
+            .for_each(|probe| self.prefetch(probe));
+        probes
+    }
+
+    /// Asks for the buckets of the probe [`PREFETCH_AHEAD`] places after `at`: going through
+    /// many keys in turn, each one's buckets are then on their way from memory while the ones
+    /// before it are handled, so that the cache misses overlap.
+    fn prefetch_ahead(&self, probes: &[Option<Probe>], at: usize) {
+        if let Some(Some(ahead)) = probes.get(at + PREFETCH_AHEAD) {
+            self.prefetch(ahead);
+        }
+    }
+
     fn value_at(&self, bucket: u64, slot: u32) -> u64 {
         let layout = &self.layout;
         self.buckets[bucket as usize].get(slot * layout.slot_bits, VALUE_BITS)
@@ -402,7 +428,11 @@ impl Table {
 
     /// Sets the value of a ranked key, adding the key if it is new.
     fn set_ranked(&mut self, hash: u64, value: u64) {
-        let probe = self.probe(hash);
+        self.set_probed(&self.probe(hash), value);
+    }
+
+    /// [`Table::set_ranked`] of the key `probe` was made for.
+    fn set_probed(&mut self, probe: &Probe, value: u64) {
         let layout = self.layout;
         let (home_tag, second_tag) = (
             Layout::tag(probe.remainder, false),
@@ -425,7 +455,11 @@ impl Table {
             (Some(home), _) => self.set_slot(probe.home, home, home_tag, value),
             (None, Some(second)) => self.set_slot(probe.second, second, second_tag, value),
             (None, None) => {
-                if self.overflow.insert(hash | (1 << 63), value).is_some() {
+                if self
+                    .overflow
+                    .insert(probe.hash | (1 << 63), value)
+                    .is_some()
+                {
                     return;
                 }
                 self.crowded += 1;
@@ -631,22 +665,14 @@ impl RecordIndex {
     /// [`RecordIndex::get`] for many numbers, in order: one lock for all, and each lookup's two
     /// buckets fetched from memory a few lookups ahead, so that the misses overlap.
     pub fn get_many(&self, numbers: &[CitizenNumber]) -> Vec<Option<Memo>> {
-        const AHEAD: usize = 8;
         let table = self.read();
-        let probes: Vec<Option<Probe>> = numbers
-            .iter()
-            .map(|number| rank(number.packed()).map(|rank| table.probe(scatter(rank))))
-            .collect();
-        let fetch = |probe: &Option<Probe>| probe.iter().for_each(|probe| table.prefetch(probe));
-        probes.iter().take(AHEAD).for_each(fetch);
+        let probes = table.probes(numbers.iter().map(|number| number.packed()));
         numbers
             .iter()
             .zip(&probes)
             .enumerate()
             .map(|(at, (number, probe))| {
-                if let Some(ahead) = probes.get(at + AHEAD) {
-                    fetch(ahead);
-                }
+                table.prefetch_ahead(&probes, at);
                 match probe {
                     Some(probe) => table.get_ranked(probe),
                     None => table.get(number.packed()),
@@ -669,8 +695,14 @@ impl RecordIndex {
         let _only_inserter = lock(&inner.inserting);
         let needs_growth = {
             let mut table = inner.write();
-            for &(packed, value) in &values {
-                table.set(packed, value);
+            // An import inserts every number: prefetched, as lookups are in `get_many`.
+            let probes = table.probes(values.iter().map(|&(packed, _)| packed));
+            for (at, (&(packed, value), probe)) in values.iter().zip(&probes).enumerate() {
+                table.prefetch_ahead(&probes, at);
+                match probe {
+                    Some(probe) => table.set_probed(probe, value),
+                    None => table.set(packed, value),
+                }
             }
             table.needs_growth()
         };
