@@ -279,13 +279,19 @@ pub mod metrics {
     /// Method labels: every method with its own, then `other`.
     const METHOD_SLOTS: usize = crate::proto::RPC_METHODS.len() + STANDARD_METHODS.len() + 1;
 
-    /// The slot of the RPC's method label: one per method this server implements, and one,
-    /// `other`, for every other path.
-    fn method_slot(path: &str) -> usize {
+    /// The methods with a label of their own, in slot order.
+    fn labelled_methods() -> impl Iterator<Item = &'static str> {
         crate::proto::RPC_METHODS
             .iter()
             .chain(&STANDARD_METHODS)
-            .position(|method| *method == path)
+            .copied()
+    }
+
+    /// The slot of the RPC's method label: one per method this server implements, and one,
+    /// `other`, for every other path.
+    fn method_slot(path: &str) -> usize {
+        labelled_methods()
+            .position(|method| method == path)
             .unwrap_or(METHOD_SLOTS - 1)
     }
 
@@ -297,12 +303,7 @@ pub mod metrics {
     }
 
     fn slot_label(slot: usize) -> &'static str {
-        crate::proto::RPC_METHODS
-            .iter()
-            .chain(&STANDARD_METHODS)
-            .nth(slot)
-            .copied()
-            .unwrap_or("other")
+        labelled_methods().nth(slot).unwrap_or("other")
     }
 
     /// The handles of one metric, one per label set, each registered with the recorder the first
@@ -425,9 +426,9 @@ pub mod metrics {
             let methods = crate::proto::RPC_METHODS
                 .iter()
                 .chain(&super::STANDARD_METHODS);
-            for (expected, method) in methods.enumerate() {
+            for (expected, &method) in methods.enumerate() {
                 assert_eq!(super::method_slot(method), expected);
-                assert_eq!(super::method_label(method), *method);
+                assert_eq!(super::method_label(method), method);
             }
             for invented in ["/idguard.v1.Verification/Nope", "/", ""] {
                 assert_eq!(super::method_slot(invented), super::METHOD_SLOTS - 1);
