@@ -3,8 +3,9 @@
 //!
 //! HTTP/2 keepalive pings notice a peer that vanished, but a live peer that just sits on a
 //! connection answers them, so they never close it: enough such connections would fill the cap
-//! and lock every other unit out. So each connection counts the calls in flight on it
-//! ([`ActivityLayer`], which sees every call) and the time of the last one's start or end, and a
+//! and lock every other unit out. So each connection counts the calls in flight on it (see
+//! [`ConnectionInfo::call_started`], which `crate::call` asks for every call) and the time of the
+//! last one's start or end, and a
 //! connection with no call in flight for the idle timeout is closed. A long `Watch` stream is a
 //! call in flight: it keeps its connection, however quiet.
 
@@ -20,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::{BoxFuture, http};
+use tonic::codegen::http;
 use tonic::transport::server::{Connected, TlsConnectInfo};
 
 /// Accepted connections, at most `max` open at once: past it the listener is not read, so that
@@ -51,7 +52,7 @@ pub fn limited_incoming(
     ReceiverStream::new(incoming)
 }
 
-/// What the calls on one connection are doing, shared by the connection and [`ActivityLayer`].
+/// What the calls on one connection are doing, shared by the connection and its calls.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
@@ -94,9 +95,9 @@ impl Activity {
     }
 }
 
-/// One call counted in flight on its connection.
+/// One call counted in flight on its connection, until it is dropped.
 #[derive(Debug)]
-struct CallInFlight(Arc<Activity>);
+pub struct CallInFlight(Arc<Activity>);
 
 impl Drop for CallInFlight {
     fn drop(&mut self) {
@@ -119,6 +120,12 @@ impl ConnectionInfo {
                 .get::<TlsConnectInfo<Self>>()
                 .map(TlsConnectInfo::get_ref)
         })
+    }
+
+    /// Counts the call whose extensions these are in flight on its connection, until the guard
+    /// is dropped (`None` for a call that came over no [`Accepted`] connection).
+    pub fn call_started(extensions: &http::Extensions) -> Option<CallInFlight> {
+        Self::of(extensions).map(|info| info.activity.call_started())
     }
 
     /// The certificate chain the client presented over TLS, if any.
@@ -217,84 +224,5 @@ impl AsyncWrite for Accepted {
         context: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(context)
-    }
-}
-
-/// The [`tower::Layer`] that counts every call in flight on its connection, from its headers
-/// to the end of its response body.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ActivityLayer;
-
-impl<S> tower::Layer<S> for ActivityLayer {
-    type Service = CountCalls<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CountCalls { inner }
-    }
-}
-
-/// See [`ActivityLayer`].
-#[derive(Debug, Clone)]
-pub struct CountCalls<S> {
-    inner: S,
-}
-
-/// The inner service of a middleware, to call now, with a clone left in its place: the one that
-/// `poll_ready` made ready is the one to call, and the clone waits for the next `poll_ready`.
-pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let ready = inner.clone();
-    std::mem::replace(inner, ready)
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for CountCalls<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Counted<R>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let call =
-            ConnectionInfo::of(request.extensions()).map(|info| info.activity.call_started());
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| Counted { body, _call: call }))
-        })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its call counted in flight until it ends or is dropped.
-    pub struct Counted<B> {
-        #[pin]
-        body: B,
-        _call: Option<CallInFlight>,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for Counted<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(context)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }

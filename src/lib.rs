@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod app;
+mod call;
 pub mod card;
 pub mod cli;
 pub mod config;

@@ -13,9 +13,10 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access::{Access, GateLayer, Policy, PolicyError};
+use crate::access::{Access, Policy, PolicyError};
+use crate::call::CallLayer;
 use crate::config::ServeConfig;
-use crate::connection::{ActivityLayer, limited_incoming};
+use crate::connection::limited_incoming;
 use crate::ledger::Ledger;
 use crate::ledger::cluster::{Cluster, ClusterError};
 use crate::proto::v1::admin_server::AdminServer;
@@ -349,10 +350,7 @@ async fn serve(
     let admin = AdminServer::new(AdminService::new(store, Arc::clone(&guards.access)))
         .max_decoding_message_size(MAX_OTHER_REQUEST_BYTES);
     let served = builder(guards.tls, guards.streams_per_connection)?
-        .layer(ActivityLayer)
-        .layer(crate::telemetry::rpc_layer())
-        .layer(crate::telemetry::metrics::RpcMetricsLayer)
-        .layer(GateLayer::new(guards.access))
+        .layer(CallLayer::new(guards.access))
         .layer(crate::service::message_limit::MessageLimitLayer)
         .add_service(verification)
         .add_service(registry)

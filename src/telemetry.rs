@@ -8,8 +8,6 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use tonic::codegen::http;
-use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
-use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -72,13 +70,19 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     }
 }
 
-/// The span of one RPC; the access layer records the principal in it. The `otel.*` fields stay
-/// empty (and out of the logs) unless spans are exported.
-fn rpc_span<B>(request: &http::Request<B>) -> Span {
+/// The span of one RPC, whose fields every line logged in it carries: made as the call starts
+/// when its lines will be read (see [`answered_calls_shown`]), else only if it ends refused or
+/// failed, for that line (`crate::call`). The `otel.*` fields stay empty (and out of the logs)
+/// unless spans are exported.
+pub(crate) fn rpc_span<B>(
+    method: &str,
+    principal: Option<&str>,
+    request: Option<&http::Request<B>>,
+) -> Span {
     let span = tracing::info_span!(
         "rpc",
-        method = %request.uri().path(),
-        principal = tracing::field::Empty,
+        method = %method,
+        principal = principal.map(tracing::field::display),
         latency_us = tracing::field::Empty,
         rpc.grpc.status_code = tracing::field::Empty,
         otel.name = tracing::field::Empty,
@@ -86,30 +90,38 @@ fn rpc_span<B>(request: &http::Request<B>) -> Span {
         otel.status_code = tracing::field::Empty,
     );
     #[cfg(feature = "otel")]
-    otel::describe(&span, request);
+    if let Some(request) = request {
+        otel::describe(&span, request);
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = request;
     span
 }
 
 /// The gRPC status of a finished call, from the headers of a trailers-only answer or from the
 /// trailers: `None` while a stream is still open.
-fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers
         .get("grpc-status")
         .map(|value| tonic::Code::from_bytes(value.as_bytes()))
 }
 
-/// Whether an answered call's span fields are wanted: its `debug` line is on, or spans are
-/// exported, which carry them. The log layer formats a span's fields as they are recorded, for
-/// every call, whether or not a line is then written: at the default level, recording them on
-/// calls answered OK cost about a tenth of the server's time on unary checks, for nothing.
-fn answered_calls_shown() -> bool {
+/// Whether an answered call's span and fields are wanted: its `debug` line is on, or spans are
+/// exported, which carry them. The log layer formats a span's fields as the span is made and as
+/// they are recorded, whether or not a line is then written: at the default level, a span made
+/// for every unary check cost about a tenth of the server's time, and recording the fields of
+/// calls answered OK as much again, for nothing.
+pub(crate) fn answered_calls_shown() -> bool {
     cfg!(feature = "otel") || tracing::enabled!(tracing::Level::DEBUG)
 }
 
-/// Logs the end of a call; `stream_us` is how long its response stream lasted after the headers.
-fn log_call(status: tonic::Code, stream: Duration, span: &Span) {
+/// Logs the end of a call in `span`, which it is run in; `latency` is the time to the response
+/// headers (all of a unary call's handling), `stream` how long its response stream lasted after
+/// them.
+pub(crate) fn log_call(status: tonic::Code, latency: Duration, stream: Duration, span: &Span) {
     let stream_us = stream.as_micros() as u64;
     if status != tonic::Code::Ok || answered_calls_shown() {
+        span.record("latency_us", latency.as_micros() as u64);
         span.record("rpc.grpc.status_code", status as i32);
     }
     match status {
@@ -122,56 +134,16 @@ fn log_call(status: tonic::Code, stream: Duration, span: &Span) {
     }
 }
 
-/// The layer that logs every RPC once, when its status is known.
-#[allow(clippy::type_complexity)]
-pub fn rpc_layer() -> TraceLayer<
-    SharedClassifier<GrpcErrorsAsFailures>,
-    fn(&http::Request<tonic::body::Body>) -> Span,
-    (),
-    fn(&http::Response<tonic::body::Body>, Duration, &Span),
-    (),
-    fn(Option<&http::HeaderMap>, Duration, &Span),
-    (),
-> {
-    TraceLayer::new_for_grpc()
-        .make_span_with(rpc_span as fn(&http::Request<tonic::body::Body>) -> Span)
-        .on_request(())
-        .on_response(
-            (|response: &http::Response<tonic::body::Body>, latency: Duration, span: &Span| {
-                // A trailers-only answer (an error before any message) carries its status here,
-                // and is logged now.
-                let status = grpc_status(response.headers());
-                if status.is_some() || answered_calls_shown() {
-                    // Until the headers: for a unary call, all of its handling.
-                    span.record("latency_us", latency.as_micros() as u64);
-                }
-                if let Some(status) = status {
-                    log_call(status, Duration::ZERO, span);
-                }
-            }) as fn(&http::Response<tonic::body::Body>, Duration, &Span),
-        )
-        .on_body_chunk(())
-        .on_eos(
-            (|trailers: Option<&http::HeaderMap>, duration: Duration, span: &Span| {
-                let status = trailers.and_then(grpc_status).unwrap_or(tonic::Code::Ok);
-                log_call(status, duration, span);
-            }) as fn(Option<&http::HeaderMap>, Duration, &Span),
-        )
-        .on_failure(())
-}
-
 /// Metrics, exported in Prometheus' text format on their own HTTP listener so that scraping never
 /// competes with gRPC for a port or a thread.
 pub mod metrics {
     use std::net::SocketAddr;
     use std::sync::Weak;
-    use std::task::{Context, Poll};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use tonic::codegen::{BoxFuture, http};
 
     use crate::store::Store;
 
@@ -289,7 +261,7 @@ pub mod metrics {
 
     /// The slot of the RPC's method label: one per method this server implements, and one,
     /// `other`, for every other path.
-    fn method_slot(path: &str) -> usize {
+    pub(crate) fn method_slot(path: &str) -> usize {
         labelled_methods()
             .position(|method| method == path)
             .unwrap_or(METHOD_SLOTS - 1)
@@ -302,7 +274,8 @@ pub mod metrics {
         slot_label(method_slot(path))
     }
 
-    fn slot_label(slot: usize) -> &'static str {
+    /// A slot's label: its method's path, or `other`.
+    pub(crate) fn slot_label(slot: usize) -> &'static str {
         labelled_methods().nth(slot).unwrap_or("other")
     }
 
@@ -358,64 +331,25 @@ pub mod metrics {
         }
     }
 
-    /// Counts every RPC by method and status code, and times it until its response headers (for
-    /// a stream, until it started answering). The status is that of the headers: a unary call's
-    /// error, or OK for a call that answered (a stream that fails later counts as OK here).
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct RpcMetricsLayer;
-
-    impl<S> tower::Layer<S> for RpcMetricsLayer {
-        type Service = RpcMetrics<S>;
-
-        fn layer(&self, inner: S) -> Self::Service {
-            RpcMetrics { inner }
-        }
-    }
-
-    /// The service [`RpcMetricsLayer`] wraps around the router.
-    #[derive(Debug, Clone)]
-    pub struct RpcMetrics<S> {
-        inner: S,
-    }
-
-    impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
-    where
-        S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
-        S::Future: Send,
-        B: Send + 'static,
-    {
-        type Response = S::Response;
-        type Error = S::Error;
-        type Future = BoxFuture<Self::Response, Self::Error>;
-
-        fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            self.inner.poll_ready(context)
-        }
-
-        fn call(&mut self, request: http::Request<B>) -> Self::Future {
-            let mut inner = crate::connection::take_ready(&mut self.inner);
-            let slot = method_slot(request.uri().path());
-            let started = Instant::now();
-            Box::pin(async move {
-                let response = inner.call(request).await?;
-                let code = super::grpc_status(response.headers()).unwrap_or(tonic::Code::Ok);
-                RPC_LATENCY
-                    .get(slot, || {
-                        metrics::histogram!("idguard_rpc_latency_seconds", "method" => slot_label(slot))
-                    })
-                    .record(started.elapsed().as_secs_f64());
-                RPC_REQUESTS
-                    .get(slot * CODES + code as usize, || {
-                        metrics::counter!(
-                            "idguard_rpc_requests_total",
-                            "method" => slot_label(slot),
-                            "code" => code_label(code)
-                        )
-                    })
-                    .increment(1);
-                Ok(response)
+    /// Counts an RPC by method and status code, and records its time to the response headers
+    /// (for a stream, until it started answering). The status is that of the headers: a unary
+    /// call's error, or OK for a call that answered (a stream that fails later counts as OK here).
+    pub(crate) fn record_call(slot: usize, code: tonic::Code, latency: Duration) {
+        RPC_LATENCY
+            .get(
+                slot,
+                || metrics::histogram!("idguard_rpc_latency_seconds", "method" => slot_label(slot)),
+            )
+            .record(latency.as_secs_f64());
+        RPC_REQUESTS
+            .get(slot * CODES + code as usize, || {
+                metrics::counter!(
+                    "idguard_rpc_requests_total",
+                    "method" => slot_label(slot),
+                    "code" => code_label(code)
+                )
             })
-        }
+            .increment(1);
     }
 
     #[cfg(test)]

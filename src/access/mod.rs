@@ -19,7 +19,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-pub use gate::GateLayer;
 pub use policy::{Policy, PolicyError};
 pub use rate::{Rate, TokenBucket};
 
@@ -372,8 +371,6 @@ impl Access {
     /// Who is calling, if they may make a call that `needs` this.
     pub fn authorize<T>(&self, request: &Request<T>, needs: Needs) -> Result<Caller, AccessError> {
         let principal = self.authenticate(request)?;
-        // The server's per-call span declares the field; every log line of the call carries it.
-        tracing::Span::current().record("principal", principal.name.as_str());
         if let Needs::Role(role) = needs
             && !principal.grants(needs)
         {
@@ -411,7 +408,7 @@ impl Access {
     }
 
     /// The principal that a call's headers and its connection's client certificate chain name:
-    /// what the [`GateLayer`] asks before any of the call's body is read.
+    /// what [`Access::admit_headers`] asks before any of the call's body is read.
     pub fn identify(
         &self,
         headers: &tonic::codegen::http::HeaderMap,

@@ -53,7 +53,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
-        self.access.authorize(&request, Needs::Role(Role::Admin))?;
+        let caller = self.access.authorize(&request, Needs::Role(Role::Admin))?;
         let to_dir = request.into_inner().to_dir;
         let path = std::path::PathBuf::from(&to_dir);
         if !path.is_absolute() {
@@ -67,7 +67,7 @@ impl Admin for AdminService {
             )));
         }
         let sequence = self.store.read(move |store| store.backup(&path)).await?;
-        tracing::info!(%to_dir, sequence, "backup written");
+        tracing::info!(principal = %caller.principal.name, %to_dir, sequence, "backup written");
         Ok(Response::new(pb::BackupResponse { to_dir, sequence }))
     }
 }

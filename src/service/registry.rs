@@ -160,7 +160,9 @@ impl Registry for RegistryService {
             .ledger
             .apply(valid, &caller.principal.recorder())
             .await?;
+        // With no call span at the default level (see `crate::call`), the line names its sender.
         tracing::info!(
+            principal = %caller.principal.name,
             sequence = applied.sequence,
             duplicate = applied.duplicate,
             "event applied"
