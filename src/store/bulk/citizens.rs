@@ -2,14 +2,17 @@
 //! index of every number with a record built on the way.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
+use std::time::Instant;
 
 use rocksdb::Options;
 
 use super::extsort::Runs;
+use super::ordinals::Sequences;
 use super::spool::{array, decode_spooled_entry};
 use super::sst::SstFiles;
-use super::{Collected, Progress};
+use super::{Collected, Progress, joined};
 use crate::card::CitizenNumber;
 use crate::registry::{CitizenState, DailyTally, Entry, Fact, Memo, Summary};
 use crate::store::index::RecordIndex;
@@ -17,14 +20,17 @@ use crate::store::{CF_CITIZENS, StoreError, codec, column_family};
 
 impl Collected {
     /// Step 6: each number's new entries folded into its stored state; every number with a
-    /// record, stored or new, goes into the index.
+    /// record, stored or new, goes into the index. Adds the entries folded to `done`, which
+    /// it reports to `progress` with what the steps beside it added.
     pub(super) fn write_citizens(
         &self,
         sst_options: &Options,
+        sequences: &Sequences,
         entries: Runs,
+        done: &AtomicU64,
         progress: &mut dyn Progress,
     ) -> Result<(Vec<PathBuf>, RecordIndex), StoreError> {
-        progress.step("folding citizens", entries.len());
+        let started = Instant::now();
         let cf = column_family(&self.db, CF_CITIZENS);
         let estimate = self
             .db
@@ -61,20 +67,21 @@ impl Collected {
         // The merge runs on the other core, handing over whole numbers' entries.
         let (groups_out, groups_in) = sync_channel::<Vec<(u64, Vec<Entry>)>>(GROUP_CHUNKS_QUEUED);
         std::thread::scope(|scope| -> Result<(), StoreError> {
-            let merging = scope.spawn(move || group_entries(entries, &groups_out));
-            let mut folded = 0u64;
+            let merging = scope.spawn(move || group_entries(entries, sequences, &groups_out));
             for chunk in groups_in {
+                let mut folded = 0;
                 for (number, new) in chunk {
                     folded += new.len() as u64;
                     fold(number, new)?;
                 }
-                progress.done(folded);
+                progress.done(done.fetch_add(folded, Ordering::Relaxed) + folded);
             }
-            merging
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            joined(merging)
         })?;
-        Ok((ssts.finish()?, stored.rest()?))
+        let folded = (ssts.finish()?, stored.rest()?);
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(step = "folding citizens", seconds, "import step done");
+        Ok(folded)
     }
 }
 
@@ -83,17 +90,21 @@ const GROUP_CHUNK: usize = 4096;
 /// Chunks of numbers queued between the merge and the fold.
 const GROUP_CHUNKS_QUEUED: usize = 8;
 
-/// Merges the entry sort and sends each number's entries, in number order, in chunks; stops
-/// early if the receiver has gone.
+/// Merges the entry sort and sends each number's entries, in number order, in chunks, with their
+/// sequences settled; stops early if the receiver has gone. An entry of an event that did not
+/// enter is left out, and so is one marking such an event (a stored withdrawal waiting for it).
 fn group_entries(
     entries: Runs,
+    sequences: &Sequences,
     out: &SyncSender<Vec<(u64, Vec<Entry>)>>,
 ) -> Result<(), StoreError> {
     let receiver_gone = || StoreError::Interrupted("the fold stopped".into());
     let mut chunk: Vec<(u64, Vec<Entry>)> = Vec::with_capacity(GROUP_CHUNK);
     entries.merge(|key, _| -> Result<(), StoreError> {
         let number = u64::from_be_bytes(array(&key[..8]));
-        let entry = decode_spooled_entry(&key[8..])?;
+        let Some(entry) = settled(decode_spooled_entry(&key[8..])?, sequences) else {
+            return Ok(());
+        };
         match chunk.last_mut() {
             Some((current, new)) if *current == number => new.push(entry),
             _ => {
@@ -112,6 +123,15 @@ fn group_entries(
         out.send(chunk).map_err(|_| receiver_gone())?;
     }
     Ok(())
+}
+
+/// The entry with the sequences it names settled; `None` if one of them did not enter.
+fn settled(mut entry: Entry, sequences: &Sequences) -> Option<Entry> {
+    entry.sequence = sequences.settle(entry.sequence)?;
+    if let Fact::Withdrawal { target } | Fact::RefusedWithdrawal { target } = &mut entry.fact {
+        *target = sequences.settle(*target)?;
+    }
+    Some(entry)
 }
 
 /// The stored citizens, walked in step with the new entries' numbers, indexing every number

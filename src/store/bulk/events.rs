@@ -1,44 +1,39 @@
 //! Step 4: the accepted events, in file order, become the log's next sequences; each change is
 //! encoded around the event's canonical bytes as they were spooled.
 
-use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use rocksdb::Options;
-use time::OffsetDateTime;
 
-use super::extsort::{Runs, Sorter, read_more};
 use super::ordinals::Sequences;
-use super::spool::{
-    EntrySort, LINK_BYTES, LINK_STORED, array, corrupt_spool, decode_spooled_entry, open_spool,
-    read_framed,
-};
+use super::spool::{WITHDRAWAL_HEAD, open_spool, read_framed};
 use super::sst::SstFiles;
-use super::{Collected, PROGRESS_EVERY, Progress};
+use super::{Collected, PROGRESS_EVERY};
 use crate::proto;
-use crate::registry::{Entry, Fact, Grant};
-use crate::store::codec::{self, ENTRY_BYTES};
+use crate::registry::Grant;
+use crate::store::codec;
 use crate::store::{CF_EVENTS, StoreError};
 
 impl Collected {
-    /// Step 4: the accepted events in file order become the log's next sequences; the entries of
-    /// card events and of the withdrawals that mark them are sorted by number for step 6.
+    /// Step 4: the accepted events in file order become the log's next sequences. Adds the events
+    /// read to `done` as it goes; runs beside the fold, which reports the progress of both.
     pub(super) fn write_events(
         &self,
         sst_options: &Options,
         sequences: &Sequences,
-        progress: &mut dyn Progress,
-    ) -> Result<(Vec<PathBuf>, Runs), StoreError> {
-        progress.step("writing events and report ids", self.events);
+        done: &AtomicU64,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let started = Instant::now();
         let mut input = open_spool(&self.work.join("events.spool"))?;
         let mut ssts = SstFiles::new(sst_options, &self.work, CF_EVENTS);
-        let mut entries = EntrySort(Sorter::new(&self.work, "by-number", self.memory_bytes));
         let recorded_at = proto::timestamp(self.now);
         let (mut head, mut canonical, mut change) = (Vec::new(), Vec::new(), Vec::new());
         for ordinal in 0..self.events {
             read_framed(&mut input, &mut head, &mut canonical)?;
-            if ordinal.is_multiple_of(PROGRESS_EVERY) {
-                progress.done(ordinal);
+            if ordinal % PROGRESS_EVERY == PROGRESS_EVERY - 1 {
+                done.fetch_add(PROGRESS_EVERY, Ordering::Relaxed);
             }
             let Some(sequence) = sequences.of(ordinal) else {
                 continue;
@@ -47,55 +42,18 @@ impl Collected {
                 sequence,
                 &canonical,
                 &recorded_at,
-                head.is_empty(),
+                head == WITHDRAWAL_HEAD,
                 &mut change,
             );
             ssts.put(&codec::sequence_key(sequence), &change)?;
-            // A withdrawal's head is empty: its entry comes from its link below.
-            if let Some((number, stated)) = head.split_first_chunk::<8>() {
-                let number = u64::from_be_bytes(*number);
-                for (n, bytes) in stated.chunks_exact(ENTRY_BYTES).enumerate() {
-                    let mut entry = decode_spooled_entry(bytes)?;
-                    match &mut entry.fact {
-                        _ if n == 0 => entry.sequence = sequence,
-                        Fact::Withdrawal { target } | Fact::RefusedWithdrawal { target } => {
-                            *target = sequence;
-                        }
-                        _ => return Err(corrupt_spool("a waiting withdrawal's entry")),
-                    }
-                    entries.push(number, &entry)?;
-                }
-            }
         }
-        let mut links = open_spool(&self.work.join("links.spool"))?;
-        let mut record = [0u8; LINK_BYTES];
-        while read_more(links.read_exact(&mut record))? {
-            let at = u64::from_be_bytes(array(&record[17..25]));
-            let target = match record[16] {
-                LINK_STORED => Some(at),
-                _ => sequences.of(at),
-            };
-            let (Some(sequence), Some(target)) = (
-                sequences.of(u64::from_be_bytes(array(&record[8..16]))),
-                target,
-            ) else {
-                return Err(corrupt_spool("a link to an event that did not enter"));
-            };
-            let nanos = i128::from_be_bytes(array(&record[25..]));
-            let entry = Entry {
-                sequence,
-                occurred_at: OffsetDateTime::from_unix_timestamp_nanos(nanos)
-                    .map_err(|error| corrupt_spool(&error.to_string()))?,
-                fact: Fact::Withdrawal { target },
-                withdrawn_by: None,
-            };
-            entries.push(u64::from_be_bytes(array(&record[..8])), &entry)?;
-        }
-        let entries = entries.0.finish()?;
         // The spool is as large as the input: give the disk back before the next steps.
         drop(input);
         std::fs::remove_file(self.work.join("events.spool"))?;
-        Ok((ssts.finish()?, entries))
+        let ssts = ssts.finish()?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(step = "writing events", seconds, "import step done");
+        Ok(ssts)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The import's temporary files, laid out by hand because they are written once and read once,
-//! in order: framed records (a head and a body), fixed-size link records, and sort keys.
+//! in order: framed records (a head and a body) and sort keys.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -86,13 +86,9 @@ pub(super) fn decode_spooled_entry(bytes: &[u8]) -> Result<Entry, Corrupt> {
     })
 }
 
-/// A link record: the number, the withdrawal's ordinal, the kind of target and its sequence
-/// ([`LINK_STORED`]) or ordinal ([`LINK_IMPORTED`]), and the withdrawal's `occurred_at`.
-pub(super) const LINK_BYTES: usize = 8 + 8 + 1 + 8 + 16;
-
-pub(super) const LINK_STORED: u8 = 0;
-
-pub(super) const LINK_IMPORTED: u8 = 1;
+/// The spooled head of a withdrawal, whose change records its sender's grant; a card event's
+/// head is empty.
+pub(super) const WITHDRAWAL_HEAD: &[u8] = &[1];
 
 /// Entries sorted by number, then sequence (an entry's encoding starts with its sequence).
 pub(super) struct EntrySort(pub(super) Sorter);

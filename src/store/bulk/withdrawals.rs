@@ -2,42 +2,44 @@
 //! accepted and the stored ids; and step 5's withdrawals still waiting for theirs.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use rocksdb::{DB, Options};
+use time::OffsetDateTime;
 
 use super::deduplicate::{AcceptedIds, stored_slot};
 use super::extsort::{Runs, Sorter, read_more};
-use super::ordinals::{Ordinals, Sequences};
+use super::ordinals::{Ordinals, Sequences, provisional};
 use super::spool::{
-    LINK_BYTES, LINK_IMPORTED, LINK_STORED, array, corrupt_spool, create_spool, open_spool,
-    read_framed, write_framed,
+    EntrySort, array, corrupt_spool, create_spool, open_spool, read_framed, write_framed,
 };
 use super::sst::SstFiles;
 use super::{BulkSummary, Collected, Origin, PROGRESS_EVERY, Place, Progress, Refusal};
 use crate::card::CitizenNumber;
 use crate::event::ReportKey;
-use crate::registry::{FirstUse, Grant, ReportIds, Target, WithdrawsWithdrawal, withdrawal_target};
+use crate::registry::{
+    Entry, Fact, FirstUse, Grant, ReportIds, Target, WithdrawsWithdrawal, withdrawal_target,
+};
 use crate::store::codec;
 use crate::store::writer::ParkedWithdrawal;
 use crate::store::{CF_REPORTS, CF_WITHDRAWALS, StoreError, column_family};
 
 impl Collected {
-    /// Step 3: finds each accepted withdrawal's target. One that marks a card event becomes a link
-    /// (`links.spool`), one whose target has not arrived waits (`waiting.spool`), and one that
-    /// withdraws an earlier withdrawal is refused and joins `dropped`.
+    /// Step 3: finds each accepted withdrawal's target. One that marks a card event adds its entry
+    /// to the target's number in `entries`, one whose target has not arrived waits
+    /// (`waiting.spool`), and one that withdraws an earlier withdrawal is refused and joins
+    /// `dropped`.
     pub(super) fn resolve_withdrawals(
         &self,
         by_target: Runs,
+        entries: &mut EntrySort,
         dropped: &mut Ordinals,
         summary: &mut BulkSummary,
         refused: &mut dyn FnMut(Origin, Refusal),
         progress: &mut dyn Progress,
     ) -> Result<(), StoreError> {
         progress.step("resolving withdrawals", by_target.len());
-        let mut links = create_spool(&self.work.join("links.spool"))?;
         let mut waiting = create_spool(&self.work.join("waiting.spool"))?;
         let mut reports = AcceptedOrStored {
             accepted: AcceptedIds::open(&self.work.join("accepted.spool"))?,
@@ -61,15 +63,6 @@ impl Collected {
             if dropped.contains(ordinal) {
                 return Ok(());
             }
-            let link = |links: &mut BufWriter<File>, number: u64, kind: u8, at: u64| {
-                let mut record = [0u8; LINK_BYTES];
-                record[..8].copy_from_slice(&number.to_be_bytes());
-                record[8..16].copy_from_slice(&ordinal.to_be_bytes());
-                record[16] = kind;
-                record[17..25].copy_from_slice(&at.to_be_bytes());
-                record[25..].copy_from_slice(&value[..16]);
-                links.write_all(&record)
-            };
             // A card event is linked wherever it is in the input: a withdrawal that came first
             // would wait for it and undo it on arrival, with the same outcome. A withdrawal
             // later in the input has not arrived yet, so this one waits for it, as online.
@@ -77,11 +70,19 @@ impl Collected {
             match withdrawal_target(&mut reports, &target_key)? {
                 Ok(Target::Awaited) => write_framed(&mut waiting, target, &ordinal.to_be_bytes())?,
                 Ok(Target::Event { at, number }) => {
-                    let (kind, at) = match at {
-                        Place::Imported(target_ordinal) => (LINK_IMPORTED, target_ordinal),
-                        Place::Stored(sequence) => (LINK_STORED, sequence),
+                    let target = match at {
+                        Place::Imported(target_ordinal) => provisional(self.last, target_ordinal),
+                        Place::Stored(sequence) => sequence,
                     };
-                    link(&mut links, number.packed(), kind, at)?;
+                    let nanos = i128::from_be_bytes(array(&value[..16]));
+                    let entry = Entry {
+                        sequence: provisional(self.last, ordinal),
+                        occurred_at: OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                            .map_err(|error| corrupt_spool(&error.to_string()))?,
+                        fact: Fact::Withdrawal { target },
+                        withdrawn_by: None,
+                    };
+                    entries.push(number.packed(), &entry)?;
                 }
                 Err(WithdrawsWithdrawal {
                     at: Place::Imported(target_ordinal),
@@ -107,7 +108,6 @@ impl Collected {
             summary.refused += 1;
             refused(origin, Refusal::Invalid(refusal.into()));
         }
-        links.flush()?;
         waiting.flush()?;
         Ok(())
     }
