@@ -12,7 +12,7 @@ use super::extsort::Runs;
 use super::ordinals::Sequences;
 use super::spool::{array, decode_spooled_entry};
 use super::sst::SstFiles;
-use super::{Collected, Progress, joined};
+use super::{Collected, Progress, joined, step_done};
 use crate::card::CitizenNumber;
 use crate::registry::{CitizenState, DailyTally, Entry, Fact, Memo, Summary};
 use crate::store::index::RecordIndex;
@@ -79,8 +79,7 @@ impl Collected {
             joined(merging)
         })?;
         let folded = (ssts.finish()?, stored.rest()?);
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(step = "folding citizens", seconds, "import step done");
+        step_done("folding citizens", started);
         Ok(folded)
     }
 }

@@ -10,7 +10,7 @@ use rocksdb::Options;
 use super::ordinals::Sequences;
 use super::spool::{WITHDRAWAL_HEAD, open_spool, read_framed};
 use super::sst::SstFiles;
-use super::{Collected, PROGRESS_EVERY};
+use super::{Collected, PROGRESS_EVERY, step_done};
 use crate::proto;
 use crate::registry::Grant;
 use crate::store::codec;
@@ -51,8 +51,7 @@ impl Collected {
         drop(input);
         std::fs::remove_file(self.work.join("events.spool"))?;
         let ssts = ssts.finish()?;
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(step = "writing events", seconds, "import step done");
+        step_done("writing events", started);
         Ok(ssts)
     }
 }

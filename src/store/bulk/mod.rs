@@ -46,6 +46,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use prost::Message;
 use rocksdb::{Cache, DB};
@@ -390,6 +391,13 @@ impl Collected {
         }
         Ok(summary)
     }
+}
+
+/// Logs the time of a step that ran beside others, as the caller's [`Progress`] logs the steps it
+/// is shown one at a time.
+fn step_done(step: &'static str, started: Instant) {
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(step, seconds, "import step done");
 }
 
 /// A scoped thread's result, its panic passed on.
