@@ -63,7 +63,7 @@ impl Collected {
             if dropped.contains(ordinal) {
                 return Ok(());
             }
-            // A card event is linked wherever it is in the input: a withdrawal that came first
+            // A withdrawal marks a card event wherever it is in the input: one that came first
             // would wait for it and undo it on arrival, with the same outcome. A withdrawal
             // later in the input has not arrived yet, so this one waits for it, as online.
             target_key.set_bytes(target);
