@@ -19,7 +19,7 @@ use tracing::{Instrument, Span};
 
 use crate::access::{Access, Principal};
 use crate::connection::{CallInFlight, ConnectionInfo};
-use crate::telemetry::metrics::{method_slot, record_call, slot_label};
+use crate::telemetry::metrics::{method_slot, record_call, slot_method};
 use crate::telemetry::{answered_calls_shown, grpc_status, log_call, rpc_span};
 
 /// The [`tower::Layer`] that puts [`Calls`] around the services.
@@ -122,9 +122,9 @@ where
         let in_flight = ConnectionInfo::call_started(request.extensions());
         let path = request.uri().path();
         let slot = method_slot(path);
-        let method = match slot_label(slot) {
-            known if known == path => Method::Known(known),
-            _ => Method::Other(path.to_owned()),
+        let method = match slot_method(slot) {
+            Some(known) => Method::Known(known),
+            None => Method::Other(path.to_owned()),
         };
         let admitted = self.access.admit_headers(&mut request);
         let principal = admitted.as_ref().ok().cloned().flatten();

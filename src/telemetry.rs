@@ -276,7 +276,12 @@ pub mod metrics {
 
     /// A slot's label: its method's path, or `other`.
     pub(crate) fn slot_label(slot: usize) -> &'static str {
-        labelled_methods().nth(slot).unwrap_or("other")
+        slot_method(slot).unwrap_or("other")
+    }
+
+    /// The path of the method a slot labels; `None` for `other`.
+    pub(crate) fn slot_method(slot: usize) -> Option<&'static str> {
+        labelled_methods().nth(slot)
     }
 
     /// The handles of one metric, one per label set, each registered with the recorder the first
@@ -363,10 +368,12 @@ pub mod metrics {
             for (expected, &method) in methods.enumerate() {
                 assert_eq!(super::method_slot(method), expected);
                 assert_eq!(super::method_label(method), method);
+                assert_eq!(super::slot_method(expected), Some(method));
             }
             for invented in ["/idguard.v1.Verification/Nope", "/", ""] {
                 assert_eq!(super::method_slot(invented), super::METHOD_SLOTS - 1);
                 assert_eq!(super::method_label(invented), "other");
+                assert_eq!(super::slot_method(super::METHOD_SLOTS - 1), None);
             }
         }
 
